@@ -1,0 +1,105 @@
+"""Command line: ``python -m hessian_lib <command> ...``.
+
+Commands:
+
+* ``book``     execute every chapter with papermill under a profile, then build the HTML book
+* ``profiles`` list the profiles and their sizes
+
+Every command validates its arguments (profile, overrides, data root, device)
+before any heavy work starts and exits with status 2 and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from hessian_lib.profiles import ProfileError, load_profile, profile_names
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every experiment command shares: profile, overrides, seed, data root, device."""
+    parser.add_argument("--profile", default="cpu", help=f"named sizes: one of {', '.join(profile_names())} (default: cpu)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override one size of the profile, e.g. --set theory.dim=400 (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding CIFAR-100 (default: $HESSIAN_LIB_DATA or ~/.cache/hessian_lib/cifar100)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """``["theory.dim=400"]`` -> ``{"theory.dim": "400"}``; a malformed item raises ProfileError."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ProfileError(f"override {item!r} is not of the form SECTION.FIELD=VALUE")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    for name in profile_names():
+        profile = load_profile(name)
+        print(f"{name}: {profile.description}")
+        if args.verbose:
+            print(json.dumps(profile.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from hessian_lib.book import run_book
+
+    html = run_book(
+        profile=args.profile,
+        overrides=parse_overrides(args.overrides),
+        seed=args.seed,
+        data_root=args.data_root,
+        device=args.device,
+        chapters=args.chapter or None,
+        build_dir=args.build_dir,
+        build=not args.no_build,
+    )
+    if html is not None:
+        print(f"The book is at {html / 'index.html'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hessian_lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    book = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book")
+    add_common_options(book)
+    book.add_argument("--chapter", action="append", default=[],
+                      help="run only this chapter (name like 01_theory; repeatable); the others keep their last run")
+    book.add_argument("--build-dir", default="_build", help="where the staging copy and the HTML go (default: _build)")
+    book.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
+    book.set_defaults(func=_cmd_book)
+
+    profiles = sub.add_parser("profiles", help="list the profiles")
+    profiles.add_argument("-v", "--verbose", action="store_true", help="print every size")
+    profiles.set_defaults(func=_cmd_profiles)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from hessian_lib.data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ProfileError, DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Named experiment profiles: every size an experiment uses, in one place.
+
+A profile is data. Chapters and experiments read their sizes from it and never
+branch on its name, so the ``cpu`` profile (fits CI: 2 cores, no GPU), the
+``paper`` profile (the authors' protocol, for GPUs) and the tiny ``smoke``
+profile (for tests) all run the same code path.
+
+>>> p = load_profile("cpu")
+>>> p.theory.dim
+800
+>>> load_profile("cpu", {"theory.dim": 200}).theory.dim
+200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "Profile",
+    "ProfileError",
+    "TheorySizes",
+    "PROFILES",
+    "load_profile",
+    "profile_names",
+]
+
+
+class ProfileError(ValueError):
+    """An unknown profile, an unknown override key, or a size out of range."""
+
+
+def _positive(name: str, value: Any) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ProfileError(f"{name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TheorySizes:
+    """Sizes of the random-matrix simulations of the Theory chapter.
+
+    ``dim`` is the matrix size P; ``batch_sizes`` the grid of B for the
+    measured-vs-predicted outlier tables; ``n_data`` the dataset size N in the
+    batch-size mapping ``s^2 = P sigma^2 (1/B - 1/N)``; ``repeats`` the number of
+    independent matrices per point. The ``widget_*`` tuples span the grid of
+    precomputed frames of the interactive figure (one frame per combination).
+    """
+
+    dim: int = 800
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
+    n_data: int = 50_000
+    repeats: int = 4
+    mp_batch_sizes: tuple[int, ...] = (20, 50, 100, 250, 1000, 16000)
+    threshold_points: int = 25
+    widget_dim: tuple[int, ...] = (400, 1600)
+    widget_spike: tuple[float, ...] = (0.5, 1.0, 2.0)
+    widget_noise: tuple[float, ...] = (2.0, 4.0)
+    widget_batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            _positive(f"theory.{f.name}", getattr(self, f.name))
+        if min(self.batch_sizes) > self.n_data:
+            raise ProfileError("theory.batch_sizes must not exceed theory.n_data")
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """How much of CIFAR-100 an experiment sees.
+
+    ``train_subset`` / ``test_subset``: number of images in the deterministic,
+    class-stratified subsets (50,000 / 10,000 is all of CIFAR-100);
+    ``curvature_subset``: images in the fixed subset used for curvature.
+    """
+
+    train_subset: int = 5_000
+    test_subset: int = 1_000
+    curvature_subset: int = 1_000
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            _positive(f"data.{f.name}", getattr(self, f.name))
+        if self.train_subset > 50_000:
+            raise ProfileError("data.train_subset cannot exceed the 50,000 CIFAR-100 training images")
+        if self.test_subset > 10_000:
+            raise ProfileError("data.test_subset cannot exceed the 10,000 CIFAR-100 test images")
+        if self.curvature_subset > self.train_subset:
+            raise ProfileError("data.curvature_subset cannot exceed data.train_subset")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of sizes. Sections group the sizes of one part of the work."""
+
+    name: str
+    description: str
+    theory: TheorySizes = field(default_factory=TheorySizes)
+    data: DataSizes = field(default_factory=DataSizes)
+
+    def validate(self) -> "Profile":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Profile":
+        """A copy with ``{"section.field": value}`` overrides applied and validated."""
+        if not overrides:
+            return self
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section_name, _, field_name = key.partition(".")
+            section = getattr(self, section_name, None)
+            if not field_name or not dataclasses.is_dataclass(section):
+                valid = ", ".join(sorted(override_keys(self)))
+                raise ProfileError(f"unknown profile key {key!r}; valid keys: {valid}")
+            names = {f.name: f for f in dataclasses.fields(section)}
+            if field_name not in names:
+                valid = ", ".join(f"{section_name}.{n}" for n in names)
+                raise ProfileError(f"unknown profile key {key!r}; valid keys in this section: {valid}")
+            sections.setdefault(section_name, {})[field_name] = _coerce(key, value, getattr(section, field_name))
+        replaced = {name: dataclasses.replace(getattr(self, name), **fields) for name, fields in sections.items()}
+        return dataclasses.replace(self, **replaced).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-serialisable): used to hash experiment configs."""
+        return dataclasses.asdict(self)
+
+
+def override_keys(profile: Profile) -> list[str]:
+    """Every ``section.field`` key that :meth:`Profile.with_overrides` accepts."""
+    keys = []
+    for f in dataclasses.fields(profile):
+        section = getattr(profile, f.name)
+        if dataclasses.is_dataclass(section):
+            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(section)]
+    return keys
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Coerce an override (possibly a string from the command line) to the type of ``current``."""
+    try:
+        if isinstance(current, tuple):
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split()]
+            kind = type(current[0]) if current else float
+            return tuple(kind(v) for v in value)
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                return value.lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if isinstance(current, int) and not isinstance(value, bool):
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError("not an integer")
+            return int(as_float)
+        return type(current)(value)
+    except (TypeError, ValueError) as err:
+        raise ProfileError(f"profile key {key!r}: cannot use {value!r} ({err})") from None
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu",
+        description="Fits CI: 2 CPU cores, no GPU; every chapter together in about 20 minutes.",
+    ),
+    "paper": Profile(
+        name="paper",
+        description="The authors' protocol at full scale: all of CIFAR-100, paper-size networks; needs GPUs.",
+        theory=TheorySizes(dim=2000, repeats=10, widget_dim=(500, 2000)),
+        data=DataSizes(train_subset=50_000, test_subset=10_000, curvature_subset=1_024),
+    ),
+    "smoke": Profile(
+        name="smoke",
+        description="The smallest sizes that still run every code path: for tests, seconds per chapter.",
+        theory=TheorySizes(
+            dim=200,
+            batch_sizes=(1, 16, 256),
+            repeats=2,
+            mp_batch_sizes=(20, 100, 1000),
+            threshold_points=7,
+            widget_dim=(200,),
+            widget_spike=(1.0, 2.0),
+            widget_noise=(4.0,),
+            widget_batch_sizes=(1, 16, 256),
+        ),
+        data=DataSizes(train_subset=500, test_subset=200, curvature_subset=100),
+    ),
+}
+
+
+def profile_names() -> list[str]:
+    """Names of the available profiles."""
+    return list(PROFILES)
+
+
+def load_profile(name: str | Profile, overrides: Mapping[str, Any] | None = None) -> Profile:
+    """The profile called ``name`` with optional ``{"section.field": value}`` overrides.
+
+    Raises :class:`ProfileError` naming the valid choices for an unknown name or key.
+    """
+    if isinstance(name, Profile):
+        return name.with_overrides(overrides)
+    if name not in PROFILES:
+        raise ProfileError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+    return PROFILES[name].validate().with_overrides(overrides)
+
+
+# The type hints above are evaluated lazily; make sure they resolve (catches typos early).
+typing.get_type_hints(TheorySizes)
