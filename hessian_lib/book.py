@@ -1,0 +1,249 @@
+"""The book pipeline: execute every chapter with papermill, then build the HTML.
+
+1. Validate everything cheap first: profile and overrides, seed, device, data
+   root, chapter names, the vendored JavaScript.
+2. Copy the book sources (``_config.yml``, ``_toc.yml``, ``book/``) into a
+   staging folder, so ``book/`` itself stays clean.
+3. Run each chapter notebook with papermill, injecting the parameters
+   ``profile``, ``overrides``, ``seed``, ``data_root`` and ``device``; the
+   injected cell is tagged ``remove-cell`` so the rendered page hides it.
+   A failing chapter raises :class:`ChapterError` naming the chapter and cell.
+4. Build the staging copy with Jupyter Book (it does not execute again) and
+   copy the HTML to ``<build_dir>/html``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from hessian_lib.data import check_data_root
+from hessian_lib.device import resolve_device
+from hessian_lib.profiles import load_profile
+
+__all__ = ["ChapterError", "BookError", "list_chapters", "execute_chapter", "run_book", "project_root"]
+
+STATIC_DIR_NAME = "_vendor_static"
+
+
+class BookError(RuntimeError):
+    """The book could not be built (missing tool, failed Sphinx build)."""
+
+
+class ChapterError(RuntimeError):
+    """A chapter notebook failed while executing."""
+
+    def __init__(self, chapter: str, cell_index: int | None, ename: str, evalue: str, source: str, output: Path):
+        self.chapter, self.cell_index, self.ename, self.evalue = chapter, cell_index, ename, evalue
+        self.source, self.output = source, output
+        where = f"cell {cell_index}" if cell_index is not None else "an unknown cell"
+        snippet = "\n".join("    " + line for line in source.strip().splitlines()[:12])
+        super().__init__(
+            f"chapter {chapter} failed in {where}: {ename}: {evalue}\n{snippet}\n"
+            f"(the partly executed notebook is at {output})"
+        )
+
+
+def project_root() -> Path:
+    """The folder holding ``_config.yml``, ``_toc.yml`` and ``book/`` (the repository root)."""
+    candidates = [Path.cwd(), Path(__file__).resolve().parent.parent]
+    for folder in candidates:
+        if (folder / "_toc.yml").exists() and (folder / "book").is_dir():
+            return folder
+    raise BookError("cannot find the book sources (_toc.yml and book/); run from the repository root")
+
+
+def list_chapters(root: Path | None = None) -> list[str]:
+    """Chapter notebooks in table-of-contents order, as paths relative to the root without suffix."""
+    root = root or project_root()
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                entries.append(str(node["file"]))
+            for value in node.values():
+                if isinstance(value, (list, dict)):
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({"root": {"file": toc["root"]}, **{k: v for k, v in toc.items() if k != "root"}})
+    return [e.removesuffix(".ipynb") for e in entries if (root / f"{e.removesuffix('.ipynb')}.ipynb").exists()]
+
+
+def _chapter_name(path: str) -> str:
+    return Path(path).name
+
+
+def _select(all_chapters: list[str], wanted: Sequence[str] | None) -> list[str]:
+    if not wanted:
+        return all_chapters
+    by_name = {_chapter_name(c): c for c in all_chapters}
+    unknown = [w for w in wanted if _chapter_name(w.removesuffix(".ipynb")) not in by_name]
+    if unknown:
+        raise ValueError(f"unknown chapter(s) {', '.join(unknown)}; valid chapters: {', '.join(by_name)}")
+    return [by_name[_chapter_name(w.removesuffix(".ipynb"))] for w in wanted]
+
+
+def _hide_injected_parameters(notebook_path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, notebook_path)
+
+
+def execute_chapter(
+    source: Path,
+    output: Path,
+    parameters: Mapping[str, Any],
+    *,
+    progress_bar: bool = False,
+) -> float:
+    """Run one chapter notebook with papermill into ``output``; return seconds taken.
+
+    Raises :class:`ChapterError` with the chapter name, failing cell and error.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(output),
+            parameters=dict(parameters),
+            kernel_name="python3",
+            cwd=str(output.parent),
+            progress_bar=progress_bar,
+            log_output=False,
+        )
+    except PapermillExecutionError as err:
+        raise ChapterError(source.stem, err.cell_index, err.ename, err.evalue, err.source or "", output) from None
+    finally:
+        if output.exists():
+            _hide_injected_parameters(output)
+    return time.perf_counter() - start
+
+
+def _stage_sources(root: Path, staging: Path, keep_notebooks: set[str]) -> None:
+    """Copy the book sources into ``staging``; keep previously executed notebooks named in ``keep_notebooks``."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, staging / name)
+    for src in (root / "book").rglob("*"):
+        if src.is_dir() or "__pycache__" in src.parts or ".ipynb_checkpoints" in src.parts:
+            continue
+        rel = src.relative_to(root)
+        dst = staging / rel
+        if src.suffix == ".ipynb" and str(rel.with_suffix("")) in keep_notebooks and dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def _jupyter_book_executable() -> str:
+    candidate = Path(sys.executable).parent / "jupyter-book"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("jupyter-book")
+    if not found:
+        raise BookError("jupyter-book is not installed; install the project with its book extra: pip install -e '.[book]'")
+    return found
+
+
+def build_html(staging: Path, html_dir: Path) -> Path:
+    """Build the staged (already executed) book with Jupyter Book; copy the HTML to ``html_dir``."""
+    cmd = [_jupyter_book_executable(), "build", str(staging), "--builder", "html", "-W", "-n", "--keep-going", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
+    built = staging / "_build" / "html"
+    if html_dir.exists():
+        shutil.rmtree(html_dir)
+    shutil.copytree(built, html_dir)
+    return html_dir
+
+
+def run_book(
+    profile: str = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    device: str = "auto",
+    chapters: Sequence[str] | None = None,
+    build_dir: str | os.PathLike = "_build",
+    build: bool = True,
+    log=None,
+) -> Path | None:
+    """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built)."""
+    log = log or (lambda message: print(message, flush=True))
+    # 1. Cheap validation, before any chapter runs.
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    resolved_profile = load_profile(profile, overrides)
+    resolved_device = resolve_device(device)
+    root = project_root()
+    all_chapters = list_chapters(root)
+    selected = _select(all_chapters, chapters)
+    data_path = check_data_root(data_root)
+    build_path = Path(build_dir).resolve()
+    staging = build_path / "staging"
+
+    from hessian_lib.vendor import install_static_assets
+
+    log(f"Profile {resolved_profile.name!r}: {resolved_profile.description}")
+    log(f"Data root {data_path}; device {resolved_device}; seed {seed}")
+    keep = set(all_chapters) - set(selected)
+    _stage_sources(root, staging, keep_notebooks=keep)
+    install_static_assets(staging / STATIC_DIR_NAME, cache_dir=root / ".vendor")
+
+    parameters = {
+        "profile": resolved_profile.name,
+        "overrides": dict(overrides or {}),
+        "seed": seed,
+        "data_root": str(data_path),
+        "device": str(resolved_device),
+    }
+    # 2. Execute.
+    timings: dict[str, float] = {}
+    timings_file = staging / "timings.json"
+    if timings_file.exists():
+        timings.update(json.loads(timings_file.read_text()))
+    total_start = time.perf_counter()
+    for i, chapter in enumerate(selected, 1):
+        log(f"[{i}/{len(selected)}] {chapter} ...")
+        source = root / f"{chapter}.ipynb"
+        output = staging / f"{chapter}.ipynb"
+        seconds = execute_chapter(source, output, parameters, progress_bar=sys.stderr.isatty())
+        timings[chapter] = round(seconds, 1)
+        tmp = timings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(timings, indent=2))
+        tmp.replace(timings_file)
+        log(f"[{i}/{len(selected)}] {chapter} done in {seconds:.1f} s")
+    log(f"Executed {len(selected)} chapter(s) in {time.perf_counter() - total_start:.1f} s")
+    if not build:
+        return None
+    # 3. Build.
+    start = time.perf_counter()
+    html = build_html(staging, build_path / "html")
+    log(f"Built the HTML in {time.perf_counter() - start:.1f} s")
+    return html
+
