@@ -4,6 +4,8 @@ Commands:
 
 * ``book``     execute every chapter with papermill under a profile, then build the HTML book
 * ``profiles`` list the profiles and their sizes
+* ``train``    train the profile's network on its CIFAR-100 subset (results and checkpoints in --out)
+* ``sweep``    train over a grid of overrides, e.g. --grid train.lr=0.01,0.1 --grid train.batch_size=32,128
 
 Every command validates its arguments (profile, overrides, data root, device)
 before any heavy work starts and exits with status 2 and a one-line reason.
@@ -70,6 +72,63 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="results", help="results store folder (default: results)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its last checkpoint (default: start it over)")
+    parser.add_argument("--recompute", action="store_true", help="train again even if the store holds the result")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        parts = [v for v in values.replace(",", " ").split() if v]
+        if not sep or not key.strip() or not parts:
+            raise ProfileError(f"grid item {item!r} is not of the form SECTION.FIELD=V1,V2,...")
+        grid[key.strip()] = parts
+    return grid
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hessian_lib.experiments import train_experiment
+    from hessian_lib.train import init_distributed, is_main_process
+
+    profile = load_profile(args.profile, parse_overrides(args.overrides))
+    init_distributed(args.device)
+    run = train_experiment(profile, seed=args.seed, data_root=args.data_root, device=args.device, store=args.out,
+                           resume=args.resume, recompute=args.recompute, quiet=args.quiet)
+    if is_main_process():
+        if run.diverged:
+            print(f"diverged at step {run.diverged_step} (loss {run.diverged_loss:.4g})")
+        else:
+            print(f"test accuracy {run.test_acc:.4f}, train loss {run.train_loss:.4f}, {run.seconds:.1f} s")
+        print(f"result {run.key} in {args.out}; checkpoints at epochs {sorted(run.checkpoints)}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hessian_lib.experiments import sweep
+    from hessian_lib.train import init_distributed, is_main_process
+
+    grid = _parse_grid(args.grid)
+    if not grid:
+        raise ProfileError("sweep needs at least one --grid SECTION.FIELD=V1,V2,...")
+    init_distributed(args.device)
+    result = sweep(args.profile, grid, overrides=parse_overrides(args.overrides), seed=args.seed,
+                   data_root=args.data_root, device=args.device, store=args.out, resume=args.resume,
+                   quiet=args.quiet, progress=not args.quiet)
+    if is_main_process():
+        print(result.table())
+        if "train.lr" in grid:
+            group = "train.batch_size" if "train.batch_size" in grid else None
+            stable = result.max_stable("train.lr", group or "train.batch_size")
+            for g, lr in stable.items():
+                print(f"largest stable lr{'' if g is None else f' at batch size {g}'}: {lr:.4g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hessian_lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
     book.set_defaults(func=_cmd_book)
 
+    train = sub.add_parser("train", help="train the profile's network on its CIFAR-100 subset")
+    add_common_options(train)
+    _add_run_options(train)
+    train.set_defaults(func=_cmd_train)
+
+    sweep = sub.add_parser("sweep", help="train over a grid of profile overrides (divergence is a data point)")
+    add_common_options(sweep)
+    _add_run_options(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
+                       help="values of one profile key to sweep (repeatable; the grid is their product)")
+    sweep.set_defaults(func=_cmd_sweep)
+
     profiles = sub.add_parser("profiles", help="list the profiles")
     profiles.add_argument("-v", "--verbose", action="store_true", help="print every size")
     profiles.set_defaults(func=_cmd_profiles)
@@ -90,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hessian_lib.book import BookError, ChapterError
     from hessian_lib.data import DataError
 
     parser = build_parser()
@@ -99,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProfileError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (ChapterError, BookError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
