@@ -5,7 +5,9 @@ variance :math:`\sigma^2 (1/B - 1/N)`, so in Wigner units
 :math:`s(B)^2 = P\sigma^2 (1/B - 1/N) = s_1^2 (1/B - 1/N)`, where
 :math:`s_1 = \sqrt{P}\,\sigma` is the noise scale of a single sample. Every
 function is a pure function of its arguments and seed; tables come back as
-:class:`pandas.DataFrame`.
+:class:`pandas.DataFrame`. Dense eigensolves run with one BLAS thread
+(:func:`hessian_lib.rmt.limit_blas_threads`): at these sizes threads gain little
+and, on shared cores, can cost an order of magnitude.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def extreme_pair(matrix: np.ndarray) -> tuple[float, float]:
     return float(top), float(bottom)
 
 
+@rmt.limit_blas_threads(1)
 def wigner_outlier_table(
     dim: int,
     batch_sizes: Sequence[int],
@@ -84,6 +87,7 @@ def wigner_outlier_table(
     return table
 
 
+@rmt.limit_blas_threads(1)
 def bbp_sweep(
     dim: int,
     ratios: Sequence[float],
@@ -120,6 +124,7 @@ def bbp_sweep(
     return pd.DataFrame(rows)
 
 
+@rmt.limit_blas_threads(1)
 def mp_outlier_table(
     dim: int,
     batch_sizes: Sequence[int],
@@ -155,11 +160,13 @@ def mp_outlier_table(
     return table
 
 
+@rmt.limit_blas_threads(1)
 def wigner_spectrum(dim: int, theta: float, s: float, *, seed: int) -> np.ndarray:
     """All eigenvalues [P] (ascending) of a spiked Wigner sample with one spike ``theta``."""
     return np.linalg.eigvalsh(rmt.sample_spiked_wigner(dim, [theta], s, seed=seed))
 
 
+@rmt.limit_blas_threads(1)
 def wishart_spectrum(dim: int, batch_size: int, spike: float, sigma2: float, *, seed: int) -> np.ndarray:
     """All eigenvalues [P] (ascending) of a spiked sample covariance (1/B) X^T X."""
     return np.linalg.eigvalsh(rmt.sample_spiked_wishart(dim, batch_size, spike, sigma2, seed=seed))
