@@ -5,7 +5,8 @@
 2. Copy the book sources (``_config.yml``, ``_toc.yml``, ``book/``) into a
    staging folder, so ``book/`` itself stays clean.
 3. Run each chapter notebook with papermill, injecting the parameters
-   ``profile``, ``overrides``, ``seed``, ``data_root`` and ``device``; the
+   ``profile``, ``overrides``, ``seed``, ``data_root``, ``device`` and
+   ``results_dir`` (a results store shared by the chapters, kept between runs); the
    injected cell is tagged ``remove-cell`` so the rendered page hides it.
    A failing chapter raises :class:`ChapterError` naming the chapter and cell.
 4. Build the staging copy with Jupyter Book (it does not execute again) and
@@ -221,6 +222,7 @@ def run_book(
         "seed": seed,
         "data_root": str(data_path),
         "device": str(resolved_device),
+        "results_dir": str(build_path / "results"),
     }
     # 2. Execute.
     timings: dict[str, float] = {}

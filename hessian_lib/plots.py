@@ -111,3 +111,85 @@ def rmt_explorer_frame(batch_size: int, theta: float, dim: int, s1: float, *, n_
     fig.suptitle(f"B = {batch_size}, P = {dim}, s1 = {s1:g}", fontsize=10, y=1.02)
     fig.tight_layout()
     return fig
+
+
+def _ritz_stems(ax: Axes, values: np.ndarray, weights: np.ndarray, color: str, label: str, floor: float) -> None:
+    keep = np.isfinite(values) & np.isfinite(weights)
+    v, w = values[keep], np.maximum(weights[keep], floor)
+    ax.vlines(v, floor, w, color=color, lw=1.2, alpha=0.8)
+    ax.scatter(v, w, color=color, s=12, zorder=3, label=label)
+
+
+def spectrum_stem_frame(sp: dict, batch_index: int, *, kind: str, epoch: int, draw: int = 0) -> Figure:
+    """Batch against empirical spectrum of one matrix: Ritz stems (left) and broadened densities (right).
+
+    ``sp`` is a dict of :func:`hessian_lib.experiments.spectra.spectrum_at`; ``batch_index`` picks B
+    from its grid. Left: Ritz values and weights of the empirical matrix and of one batch draw.
+    Right: Gaussian-broadened SLQ densities, the batch density averaged over all draws.
+    """
+    import torch
+
+    from hessian_lib.curvature import gaussian_density
+
+    b = int(sp["batch_sizes"][batch_index])
+    bv, bw = sp["batch_values"][batch_index], sp["batch_weights"][batch_index]
+    ev, ew = sp["empirical_values"], sp["empirical_weights"]
+    name = "Hessian" if kind == "hessian" else "Gauss-Newton"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.4))
+    floor = 1e-6
+    _ritz_stems(left, ev, ew, COLORS["empirical"], f"empirical (N = {int(sp['dataset_size'])})", floor)
+    _ritz_stems(left, bv[draw], bw[draw], COLORS["batch"], f"batch, B = {b}", floor)
+    left.set_yscale("log")
+    left.set_ylim(floor, 1.5)
+    left.set_xlabel("Ritz value (eigenvalue)")
+    left.set_ylabel("Ritz weight")
+    left.legend(loc="lower right")
+    left.set_title(f"{name}, epoch {epoch}: Lanczos Ritz values and weights", fontsize=9.5)
+
+    lo = float(np.nanmin([np.nanmin(bv), ev.min()]))
+    hi = float(np.nanmax([np.nanmax(bv), ev.max()]))
+    span = hi - lo or 1.0
+    grid = torch.linspace(lo - 0.1 * span, hi + 0.1 * span, 500, dtype=torch.float64)
+    sigma = 0.015 * span
+
+    def density(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        pairs = [(torch.as_tensor(v[np.isfinite(v)]), torch.as_tensor(w[np.isfinite(w)])) for v, w in
+                 zip(np.atleast_2d(values), np.atleast_2d(weights))]
+        return gaussian_density(grid, [p[0] for p in pairs], [p[1] for p in pairs], sigma).numpy()
+
+    right.semilogy(grid.numpy(), density(ev, ew) + 1e-8, color=COLORS["empirical"], label="empirical")
+    right.semilogy(grid.numpy(), density(bv, bw) + 1e-8, color=COLORS["batch"],
+                   label=f"batch B = {b} (mean of {bv.shape[0]} draws)")
+    right.set_ylim(1e-4, None)
+    right.set_xlabel("eigenvalue")
+    right.set_ylabel("density (broadened)")
+    right.legend(loc="upper right")
+    right.set_title(f"SLQ spectral density, Gaussian broadening {sigma:.2g}", fontsize=9.5)
+    fig.tight_layout()
+    return fig
+
+
+def extremes_against_batch(ax: Axes, sp: dict, n_data: int, *, end: str = "top", fit: dict | None = None,
+                           prediction: np.ndarray | None = None, color: str | None = None, label: str = "") -> None:
+    """Extreme Ritz value (mean and spread over draws) against B, with the empirical value, fits and a prediction."""
+    b = sp["batch_sizes"].astype(float)
+    vals = sp["batch_top"] if end == "top" else sp["batch_bottom"]
+    sign = 1.0 if end == "top" else -1.0
+    mean, sd = np.nanmean(vals, axis=1) * sign, np.nanstd(vals, axis=1, ddof=1)
+    emp = sign * (sp["empirical_top"] if end == "top" else sp["empirical_bottom"])
+    color = color or COLORS["batch"]
+    ax.errorbar(b, mean, yerr=sd, fmt="o", ms=4, color=color, capsize=2, label=f"{label} batch (mean ± sd)")
+    ax.axhline(emp, color=color, lw=0.9, ls="-.", alpha=0.8, label=f"{label} empirical, N = {n_data}")
+    grid = np.geomspace(b.min(), n_data, 200)
+    x = 1.0 / grid - 1.0 / n_data
+    if fit is not None:
+        ax.plot(grid, sign * (fit["linear_intercept"] + fit["linear_slope"] * x), color=color, lw=1,
+                label=f"{label} fit a + b(1/B - 1/N)")
+        ax.plot(grid, sign * (fit["sqrt_intercept"] + fit["sqrt_slope"] * np.sqrt(x)), color=color, lw=1, ls=":",
+                label=f"{label} fit a + c sqrt(1/B - 1/N)")
+    if prediction is not None:
+        ax.plot(b, sign * prediction, marker="x", ls="--", color=COLORS["empirical"], lw=1,
+                label=f"{label} Wigner prediction (no fit)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B")

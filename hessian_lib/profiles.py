@@ -23,6 +23,8 @@ __all__ = [
     "Profile",
     "ProfileError",
     "TheorySizes",
+    "TrainSizes",
+    "SpectraSizes",
     "PROFILES",
     "load_profile",
     "profile_names",
@@ -93,6 +95,100 @@ class DataSizes:
             raise ProfileError("data.curvature_subset cannot exceed data.train_subset")
 
 
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+_SCHEDULES = ("authors", "constant")
+
+
+@dataclass(frozen=True)
+class TrainSizes:
+    """The network and the training recipe of a run (see ``hessian_lib.train``).
+
+    ``model``: a name from ``hessian_lib.models.MODEL_NAMES``; ``width`` multiplies its channel
+    counts; ``depth`` (0: the depth in the name) and ``widen_factor`` (WideResNet's k) size it.
+    ``optimizer``: sgd (with ``momentum``), adam or adamw; ``weight_decay`` is L2 for sgd/adam and
+    decoupled for adamw. ``schedule``: ``authors`` (constant for 50% of the epochs, linear decay to
+    1% of ``lr`` by 90%, then flat) or ``constant``; ``warmup_epochs`` of linear warm-up first.
+    ``checkpoint_every``: epochs between checkpoints (the last epoch is always kept).
+    ``divergence_loss``: a training loss above it (or NaN/inf) stops the run as diverged.
+    ``augment``: random crop (4-pixel padding) + horizontal flip on the training images.
+    ``mixed_precision``: bf16 autocast for training on CUDA (curvature stays float32).
+    """
+
+    model: str = "vgg16"
+    width: float = 0.125
+    depth: int = 0
+    widen_factor: int = 10
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    schedule: str = "authors"
+    warmup_epochs: float = 0.0
+    checkpoint_every: int = 5
+    divergence_loss: float = 100.0
+    augment: bool = True
+    mixed_precision: bool = True
+
+    def validate(self) -> None:
+        from hessian_lib.models import MODEL_NAMES, canonical_name
+
+        try:
+            canonical_name(self.model)
+        except ValueError:
+            raise ProfileError(f"unknown model {self.model!r}; valid models: {', '.join(MODEL_NAMES)}") from None
+        for name in ("width", "widen_factor", "epochs", "batch_size", "checkpoint_every", "divergence_loss"):
+            _positive(f"train.{name}", getattr(self, name))
+        if self.depth < 0:
+            raise ProfileError(f"train.depth must be 0 (the named depth) or positive, got {self.depth}")
+        if not self.lr > 0:
+            raise ProfileError(f"train.lr (learning rate) must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ProfileError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ProfileError("train.weight_decay and train.warmup_epochs must not be negative")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ProfileError(f"unknown optimizer {self.optimizer!r}; valid optimizers: {', '.join(_OPTIMIZERS)}")
+        if self.schedule not in _SCHEDULES:
+            raise ProfileError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(_SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class SpectraSizes:
+    """Sizes of the Spectra chapter: batch against empirical Hessian and GGN spectra.
+
+    ``checkpoints``: epochs of the profile's training run to analyse (each must be a kept
+    checkpoint); ``dataset_size``: N, the training images (test-time transforms) whose
+    empirical Hessian is the reference; ``batch_sizes``: the grid of B, each below N;
+    ``draws``: random batches per B;
+    ``lanczos_steps`` / ``empirical_lanczos_steps``: Lanczos iterations per batch / empirical
+    spectrum; ``chunk_size``: images per product chunk; ``noise_samples`` x ``noise_probes``:
+    per-sample Hessians and Hutchinson probes for the direct noise estimate; ``dense_hidden`` /
+    ``dense_samples``: the MLP and data of the dense-Hessian validation panel.
+    """
+
+    checkpoints: tuple[int, ...] = (5, 10)
+    dataset_size: int = 1_000
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    draws: int = 3
+    lanczos_steps: int = 20
+    empirical_lanczos_steps: int = 40
+    chunk_size: int = 250
+    noise_samples: int = 16
+    noise_probes: int = 2
+    dense_hidden: int = 16
+    dense_samples: int = 500
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            _positive(f"spectra.{f.name}", getattr(self, f.name))
+        if len(self.batch_sizes) < 2:
+            raise ProfileError("spectra.batch_sizes needs at least two batch sizes")
+        if max(self.batch_sizes) >= self.dataset_size:
+            raise ProfileError("spectra.batch_sizes must stay below spectra.dataset_size (B = N is the empirical matrix)")
+
+
 @dataclass(frozen=True)
 class Profile:
     """A named set of sizes. Sections group the sizes of one part of the work."""
@@ -101,12 +197,16 @@ class Profile:
     description: str
     theory: TheorySizes = field(default_factory=TheorySizes)
     data: DataSizes = field(default_factory=DataSizes)
+    train: TrainSizes = field(default_factory=TrainSizes)
+    spectra: SpectraSizes = field(default_factory=SpectraSizes)
 
     def validate(self) -> "Profile":
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.spectra.dataset_size > self.data.train_subset:
+            raise ProfileError("spectra.dataset_size cannot exceed data.train_subset (its images come from it)")
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Profile":
@@ -175,6 +275,14 @@ PROFILES: dict[str, Profile] = {
         description="The authors' protocol at full scale: all of CIFAR-100, paper-size networks; needs GPUs.",
         theory=TheorySizes(dim=2000, repeats=10, widget_dim=(500, 2000)),
         data=DataSizes(train_subset=50_000, test_subset=10_000, curvature_subset=1_024),
+        # VGG-16 (no BatchNorm), SGD lr 0.05 at B = 128, momentum 0.9, no weight decay, 300 epochs.
+        train=TrainSizes(model="vgg16", width=1.0, epochs=300, batch_size=128, lr=0.05, momentum=0.9,
+                         weight_decay=0.0, optimizer="sgd", schedule="authors", checkpoint_every=25),
+        # The batch-Hessian study: B = 1..1024, 10 subsamples each, 100 Lanczos steps, every 25 epochs.
+        spectra=SpectraSizes(checkpoints=(25, 100, 200, 300), dataset_size=10_000,
+                             batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), draws=10,
+                             lanczos_steps=100, empirical_lanczos_steps=100, chunk_size=1_000,
+                             noise_samples=64, noise_probes=4, dense_hidden=32, dense_samples=2_000),
     ),
     "smoke": Profile(
         name="smoke",
@@ -191,6 +299,10 @@ PROFILES: dict[str, Profile] = {
             widget_batch_sizes=(1, 16, 256),
         ),
         data=DataSizes(train_subset=500, test_subset=200, curvature_subset=100),
+        train=TrainSizes(model="vgg16", width=0.0625, epochs=2, batch_size=50, lr=0.05, checkpoint_every=1),
+        spectra=SpectraSizes(checkpoints=(1, 2), dataset_size=100, batch_sizes=(8, 16, 32), draws=2, lanczos_steps=6,
+                             empirical_lanczos_steps=8, chunk_size=50, noise_samples=4, noise_probes=1,
+                             dense_hidden=4, dense_samples=100),
     ),
 }
 
