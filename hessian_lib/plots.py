@@ -170,7 +170,8 @@ def spectrum_stem_frame(sp: dict, batch_index: int, *, kind: str, epoch: int, dr
 
 
 def extremes_against_batch(ax: Axes, sp: dict, n_data: int, *, end: str = "top", fit: dict | None = None,
-                           prediction: np.ndarray | None = None, color: str | None = None, label: str = "") -> None:
+                           prediction: np.ndarray | None = None, directional: np.ndarray | None = None,
+                           color: str | None = None, label: str = "") -> None:
     """Extreme Ritz value (mean and spread over draws) against B, with the empirical value, fits and a prediction."""
     b = sp["batch_sizes"].astype(float)
     vals = sp["batch_top"] if end == "top" else sp["batch_bottom"]
@@ -189,7 +190,10 @@ def extremes_against_batch(ax: Axes, sp: dict, n_data: int, *, end: str = "top",
                 label=f"{label} fit a + c sqrt(1/B - 1/N)")
     if prediction is not None:
         ax.plot(b, sign * prediction, marker="x", ls="--", color=COLORS["empirical"], lw=1,
-                label=f"{label} Wigner prediction (no fit)")
+                label=f"{label} isotropic Wigner prediction (no fit)")
+    if directional is not None:
+        ax.plot(b, sign * directional, marker="+", ms=8, ls="--", color=COLORS["theory"], lw=1,
+                label=f"{label} directional-noise prediction (no fit)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size B")

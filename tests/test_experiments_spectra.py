@@ -56,3 +56,25 @@ def test_verdict_logic():
     assert S.verdict(_checks(0.5, -1.0, 0.01, 0.05), "hessian") == "does not hold"
     assert S.verdict(_checks(1.0, 0.2, 0.01, 0.05), "hessian") == "does not hold"
     assert S.verdict(_checks(1.0, -1.0, 0.01, 0.05), "ggn") == "not measured"
+
+
+def _fake_result(theta, s1, s2, b, n):
+    sp = {"batch_sizes": np.asarray(b), "empirical_top": theta, "empirical_bottom": -theta}
+    return S.SpectraResult(train=None, spectra={(1, "hessian"): sp},
+                           noise={(1, "hessian"): {"s1": s1, "s2_top": s2, "s2_bottom": s2}}, dim=10, n_data=n)
+
+
+def test_predictions_reduce_to_the_wigner_outlier_for_small_isotropic_noise():
+    b = np.array([100, 1000])
+    r = _fake_result(theta=2.0, s1=0.5, s2=0.25, b=b, n=10**9)
+    x = 1 / b
+    wigner = 2.0 + 0.25 * x / 2.0
+    np.testing.assert_allclose(S.wigner_prediction(r, 1, "top"), wigner, rtol=1e-6)
+    # directional with s_v^2 = s1^2: the self-consistent root agrees to second order in the shift
+    np.testing.assert_allclose(S.directional_prediction(r, 1, "top"), wigner, rtol=1e-3)
+    np.testing.assert_allclose(S.directional_prediction(r, 1, "bottom"), -wigner, rtol=1e-3)
+
+
+def test_wigner_prediction_sticks_to_the_edge_below_threshold():
+    r = _fake_result(theta=0.1, s1=4.0, s2=16.0, b=np.array([4]), n=10**9)
+    np.testing.assert_allclose(S.wigner_prediction(r, 1, "top"), [2 * 4.0 * 0.5])
