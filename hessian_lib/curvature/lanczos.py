@@ -1,0 +1,372 @@
+r"""Lanczos tridiagonalisation of a symmetric operator, in float64, and extremal eigenvalues.
+
+After :math:`m` steps from a unit start vector :math:`q_1`, Lanczos gives an orthonormal
+basis :math:`Q_m = [q_1, \dots, q_m]` of the Krylov space and the tridiagonal
+:math:`T_m = Q_m^\top A Q_m` (diagonal :math:`\alpha`, off-diagonal :math:`\beta`).
+Its eigenvalues are the Ritz values :math:`\theta_k`; the squared first components of
+its eigenvectors, :math:`\gamma_k = s_{1k}^2`, are the Ritz weights (the Gauss quadrature
+weights of the spectral measure seen from :math:`q_1`, summing to 1).
+
+Products run in the operator's dtype (float32 typically); the recurrence, the basis and
+the re-orthogonalisation are float64. With ``reorthogonalize=True`` (default) every new
+vector is orthogonalised twice against the whole basis (classical Gram-Schmidt, twice),
+which removes the "ghost" copies of converged eigenvalues of plain Lanczos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "EigenResult",
+    "LanczosProcess",
+    "LanczosResult",
+    "bottom_eigenvalues",
+    "lanczos",
+    "start_vector",
+    "top_eigenvalues",
+]
+
+
+class LinearOperator(Protocol):
+    """Anything with ``dim``, ``device`` and ``matvec([P]) -> [P]``."""
+
+    dim: int
+    device: torch.device
+
+    def matvec(self, v: Tensor) -> Tensor: ...
+
+
+def start_vector(dim: int, seed: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
+    """A unit Gaussian vector ``[dim]``, drawn on the CPU from ``seed`` (same on every device)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(dim, generator=gen, dtype=torch.float64)
+    return (v / v.norm()).to(device=device, dtype=dtype)
+
+
+@dataclass
+class LanczosResult:
+    r"""Output of :func:`lanczos` after ``m`` steps.
+
+    Attributes:
+        alphas: ``[m]`` diagonal of :math:`T_m` (float64, CPU).
+        betas: ``[m-1]`` off-diagonal of :math:`T_m`.
+        ritz_values: ``[m]`` eigenvalues of :math:`T_m`, ascending.
+        ritz_weights: ``[m]`` squared first components of its eigenvectors (sum to 1).
+        residuals: ``[m]`` :math:`\lVert A y_k - \theta_k y_k\rVert = \beta_{m}|s_{mk}|` of each
+            Ritz pair (zero after a breakdown, i.e. an invariant subspace).
+        ritz_vectors: ``[m, P]`` Ritz vectors :math:`y_k = Q_m s_k` (float64, on the operator's
+            device), if requested.
+        num_iters: ``m``, the number of products used.
+        breakdown: ``True`` if the recurrence stopped early because :math:`\beta` vanished.
+    """
+
+    alphas: Tensor
+    betas: Tensor
+    ritz_values: Tensor
+    ritz_weights: Tensor
+    residuals: Tensor
+    num_iters: int
+    breakdown: bool
+    ritz_vectors: Tensor | None = None
+
+    def tridiagonal(self) -> Tensor:
+        """The dense ``[m, m]`` tridiagonal matrix :math:`T_m`."""
+        return torch.diag(self.alphas) + torch.diag(self.betas, 1) + torch.diag(self.betas, -1)
+
+
+class LanczosProcess:
+    """A Lanczos recurrence that can be extended step by step (used by :func:`lanczos` and
+    the eigenvalue solvers). Keeps the float64 basis ``[m, P]`` when ``reorthogonalize`` or
+    ``keep_basis`` is set, else only the last two vectors."""
+
+    def __init__(
+        self,
+        op: LinearOperator,
+        *,
+        seed: int = 0,
+        v0: Tensor | None = None,
+        reorthogonalize: bool = True,
+        keep_basis: bool = False,
+        breakdown_tol: float = 1e-10,
+    ) -> None:
+        self.op = op
+        self.dim = int(op.dim)
+        self.device = torch.device(op.device)
+        if v0 is None:
+            q = start_vector(self.dim, seed, device=self.device)
+        else:
+            if v0.shape != (self.dim,):
+                raise ValueError(f"v0 must have shape [{self.dim}], got {list(v0.shape)}")
+            q = v0.detach().to(device=self.device, dtype=torch.float64)
+            nrm = q.norm()
+            if not torch.isfinite(nrm) or nrm == 0:
+                raise ValueError("v0 must be a finite non-zero vector")
+            q = q / nrm
+        self.reorthogonalize = reorthogonalize
+        self.keep_basis = keep_basis or reorthogonalize
+        self.breakdown_tol = breakdown_tol
+        self._basis = torch.empty(0, self.dim, dtype=torch.float64, device=self.device)
+        self._q = q
+        self._q_prev: Tensor | None = None
+        self.alphas: list[float] = []
+        self.betas: list[float] = []  # beta_k couples q_k and q_{k+1}; len == len(alphas)
+        self.breakdown = False
+        self._scale = 0.0
+        #: Seconds spent in operator products (the rest is bookkeeping).
+        self.product_seconds = 0.0
+
+    @property
+    def num_iters(self) -> int:
+        return len(self.alphas)
+
+    def _grow(self, q: Tensor) -> None:
+        cap = self._basis.shape[0]
+        m = len(self.alphas)
+        if m >= cap:
+            new_cap = min(self.dim, max(8, 2 * cap))
+            nb = torch.empty(new_cap, self.dim, dtype=torch.float64, device=self.device)
+            nb[:cap] = self._basis
+            self._basis = nb
+        self._basis[m] = q
+
+    def step(self) -> bool:
+        """One Lanczos step; returns ``False`` (and does nothing) after a breakdown or once
+        ``m == P``."""
+        import time
+
+        m = len(self.alphas)
+        if self.breakdown or m >= self.dim:
+            return False
+        q = self._q
+        if self.keep_basis:
+            self._grow(q)
+        t0 = time.perf_counter()
+        w = self.op.matvec(q).to(torch.float64)
+        self.product_seconds += time.perf_counter() - t0
+        alpha = float(torch.dot(w, q))
+        w.sub_(q, alpha=alpha)
+        if m > 0 and self._q_prev is not None:
+            w.sub_(self._q_prev, alpha=self.betas[-1])
+        if self.reorthogonalize:
+            Q = self._basis[: m + 1]
+            for _ in range(2):
+                w.sub_(Q.T @ (Q @ w))
+        beta = float(w.norm())
+        self.alphas.append(alpha)
+        self._scale = max(self._scale, abs(alpha), beta)
+        self.betas.append(beta)
+        if beta <= self.breakdown_tol * max(self._scale, 1e-300) or m + 1 >= self.dim:
+            self.breakdown = beta <= self.breakdown_tol * max(self._scale, 1e-300)
+            if self.breakdown:
+                self.betas[-1] = 0.0
+            self._q_prev, self._q = q, w / beta if beta > 0 else w
+            return True
+        self._q_prev, self._q = q, w / beta
+        return True
+
+    def tridiagonal_eig(self) -> tuple[Tensor, Tensor]:
+        """Eigen-decomposition ``(theta [m] ascending, S [m, m])`` of :math:`T_m` (float64, CPU)."""
+        a = torch.tensor(self.alphas, dtype=torch.float64)
+        b = torch.tensor(self.betas[:-1], dtype=torch.float64)
+        T = torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
+        return torch.linalg.eigh(T)
+
+    def result(self, *, return_vectors: bool = False) -> LanczosResult:
+        m = len(self.alphas)
+        if m == 0:
+            raise RuntimeError("no Lanczos step was taken")
+        theta, S = self.tridiagonal_eig()
+        beta_m = 0.0 if self.breakdown else self.betas[-1]
+        vecs = None
+        if return_vectors:
+            if not self.keep_basis:
+                raise ValueError("Ritz vectors need the basis: use reorthogonalize=True or keep_basis=True")
+            vecs = S.T.to(self.device) @ self._basis[:m]
+        return LanczosResult(
+            alphas=torch.tensor(self.alphas, dtype=torch.float64),
+            betas=torch.tensor(self.betas[:-1], dtype=torch.float64),
+            ritz_values=theta,
+            ritz_weights=S[0] ** 2,
+            residuals=abs(beta_m) * S[-1].abs(),
+            num_iters=m,
+            breakdown=self.breakdown,
+            ritz_vectors=vecs,
+        )
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc)
+
+
+def lanczos(
+    op: LinearOperator,
+    num_iters: int,
+    *,
+    seed: int = 0,
+    v0: Tensor | None = None,
+    reorthogonalize: bool = True,
+    return_vectors: bool = False,
+    progress: bool = False,
+) -> LanczosResult:
+    r"""Run ``num_iters`` Lanczos steps on ``op`` from a unit Gaussian start vector.
+
+    Args:
+        op: a symmetric operator (``dim``, ``device``, ``matvec``), e.g. :class:`HessianOperator`.
+        num_iters: :math:`m`; capped at ``op.dim``. Stops early on breakdown (an invariant
+            subspace was found: the Ritz values are then exact eigenvalues).
+        seed: seed of the start vector (drawn on the CPU, so identical across devices).
+        v0: an explicit start vector ``[P]`` instead (normalised here).
+        reorthogonalize: full re-orthogonalisation (default). ``False`` gives the plain
+            three-term recurrence, which uses :math:`O(P)` memory but produces spurious
+            duplicate ("ghost") Ritz values once eigenvalues converge.
+        return_vectors: also return the Ritz vectors ``[m, P]``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`LanczosResult` (tridiagonal coefficients, Ritz values and weights).
+    """
+    if num_iters < 1:
+        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+    proc = LanczosProcess(op, seed=seed, v0=v0, reorthogonalize=reorthogonalize, keep_basis=return_vectors)
+    bar = _progress(min(num_iters, proc.dim), progress, "Lanczos")
+    for _ in range(min(num_iters, proc.dim)):
+        if not proc.step():
+            break
+        if bar is not None:
+            bar.update(1)
+        if proc.breakdown:
+            break
+    if bar is not None:
+        bar.close()
+    return proc.result(return_vectors=return_vectors)
+
+
+@dataclass
+class EigenResult:
+    """Extremal eigenpairs from :func:`top_eigenvalues` / :func:`bottom_eigenvalues`.
+
+    Attributes:
+        eigenvalues: ``[k]`` float64, largest first (top) or smallest first (bottom).
+        errors: ``[k]`` a-posteriori error bounds :math:`\\min(r, r^2/\\delta)` (:math:`r` the
+            residual norm, :math:`\\delta` the gap to the other Ritz values).
+        eigenvectors: ``[k, P]`` unit float64 eigenvectors, if requested.
+        converged: all ``k`` bounds met ``tol``.
+        num_products: number of operator products used.
+    """
+
+    eigenvalues: Tensor
+    errors: Tensor
+    converged: bool
+    num_products: int
+    eigenvectors: Tensor | None = None
+    lanczos: LanczosResult | None = field(default=None, repr=False)
+
+
+def _extremal(
+    op: LinearOperator,
+    k: int,
+    which: str,
+    tol: float,
+    max_iters: int | None,
+    seed: int,
+    return_eigenvectors: bool,
+    check_every: int,
+    progress: bool,
+) -> EigenResult:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    dim = int(op.dim)
+    if k > dim:
+        raise ValueError(f"k={k} exceeds the operator dimension {dim}")
+    limit = dim if max_iters is None else min(dim, int(max_iters))
+    limit = max(limit, min(dim, k))
+    proc = LanczosProcess(op, seed=seed, reorthogonalize=True)
+    bar = _progress(limit, progress, f"Lanczos ({which})")
+    converged = False
+    errs = torch.full((k,), float("inf"), dtype=torch.float64)
+    while proc.num_iters < limit:
+        if not proc.step():
+            break
+        if bar is not None:
+            bar.update(1)
+        m = proc.num_iters
+        done = proc.breakdown or m >= limit
+        if m < k or (not done and (m - k) % check_every):
+            continue
+        theta, S = proc.tridiagonal_eig()
+        beta_m = 0.0 if proc.breakdown else proc.betas[-1]
+        res = abs(beta_m) * S[-1].abs()
+        idx = torch.arange(m - 1, m - 1 - k, -1) if which == "top" else torch.arange(k)
+        scale = theta.abs().max().clamp_min(1e-300)
+        errs = torch.empty(k, dtype=torch.float64)
+        for j, i in enumerate(idx.tolist()):
+            others = torch.cat([theta[:i], theta[i + 1 :]])
+            gap = (others - theta[i]).abs().min() if others.numel() else torch.tensor(float("inf"), dtype=torch.float64)
+            r = res[i]
+            errs[j] = torch.minimum(r, r * r / gap.clamp_min(1e-300))
+        ref = torch.maximum(theta[idx].abs(), 1e-3 * scale)
+        if bool((errs <= tol * ref).all()) or proc.breakdown or m >= dim:
+            converged = bool((errs <= tol * ref).all()) or proc.breakdown or m >= dim
+            break
+    if bar is not None:
+        bar.close()
+    lr = proc.result(return_vectors=return_eigenvectors)
+    m = lr.num_iters
+    kk = min(k, m)
+    idx = torch.arange(m - 1, m - 1 - kk, -1) if which == "top" else torch.arange(kk)
+    vecs = lr.ritz_vectors[idx] if lr.ritz_vectors is not None else None
+    return EigenResult(
+        eigenvalues=lr.ritz_values[idx],
+        errors=errs[:kk],
+        converged=converged,
+        num_products=m,
+        eigenvectors=vecs,
+        lanczos=lr,
+    )
+
+
+def top_eigenvalues(
+    op: LinearOperator,
+    k: int = 1,
+    *,
+    tol: float = 1e-4,
+    max_iters: int | None = 300,
+    seed: int = 0,
+    return_eigenvectors: bool = False,
+    check_every: int = 2,
+    progress: bool = False,
+) -> EigenResult:
+    r"""The ``k`` algebraically largest eigenvalues (largest first) by Lanczos with full
+    re-orthogonalisation, stopped when every one of them has an a-posteriori error bound
+    :math:`\min(r, r^2/\delta) \le` ``tol`` :math:`\cdot \max(|\theta|, 10^{-3}\max_j|\theta_j|)`,
+    or after ``max_iters`` products (then ``converged`` is ``False``).
+
+    Lanczos finds one copy of a repeated eigenvalue per start vector; the spectra of
+    trained networks have distinct outliers, for which this is exact.
+    """
+    return _extremal(op, k, "top", tol, max_iters, seed, return_eigenvectors, check_every, progress)
+
+
+def bottom_eigenvalues(
+    op: LinearOperator,
+    k: int = 1,
+    *,
+    tol: float = 1e-4,
+    max_iters: int | None = 300,
+    seed: int = 0,
+    return_eigenvectors: bool = False,
+    check_every: int = 2,
+    progress: bool = False,
+) -> EigenResult:
+    """The ``k`` algebraically smallest eigenvalues (most negative curvature first); same
+    stopping rule as :func:`top_eigenvalues`."""
+    return _extremal(op, k, "bottom", tol, max_iters, seed, return_eigenvectors, check_every, progress)
