@@ -1,6 +1,8 @@
-"""Choosing the compute device: ``auto`` means CUDA when present, else the CPU."""
+"""Choosing the compute device: ``auto`` means CUDA when present (the local rank's GPU under torchrun), else the CPU."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -8,18 +10,25 @@ __all__ = ["resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None -> ``cuda`` if available else ``cpu``; ``"cuda"`` without a GPU -> ValueError."""
+    """``"auto"``/``None``: CUDA when present (the local rank's GPU under torchrun), else CPU.
+
+    ``"cuda"`` on a machine without CUDA raises ``ValueError``.
+    """
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
+        dev = torch.device(device)
+    except RuntimeError as err:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
-    if resolved.type == "cuda":
+    if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif resolved.type != "cpu":
+    elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return resolved
+    return dev

@@ -269,6 +269,9 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         description="Fits CI: 2 CPU cores, no GPU; every chapter together in about 20 minutes.",
+        # VGG-16 (no BatchNorm) at 1/8 width (245,388 parameters), Adam, the authors' schedule.
+        train=TrainSizes(model="vgg16", width=0.125, epochs=15, batch_size=64, lr=1e-3, optimizer="adam",
+                         schedule="authors", checkpoint_every=5),
     ),
     "paper": Profile(
         name="paper",

@@ -1,0 +1,164 @@
+"""The trainer: schedule, optimisers, a short run that learns, divergence, resume, and the experiment API."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from hessian_lib.data import load_cifar100, stratified_indices
+from hessian_lib.experiments import load_subsets, max_stable_lr_sweep, train_experiment
+from hessian_lib.models import build_model
+from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
+from hessian_lib.store import ResultsStore
+from hessian_lib.train import check_batch_size, evaluate, fit, load_checkpoint, lr_factor, make_optimizer
+
+TINY = TrainSizes(model="vgg16", width=0.0625, epochs=1, batch_size=50, lr=0.01, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def subsets(data_root):
+    train = load_cifar100("train", data_root)
+    test = load_cifar100("test", data_root)
+    return train.subset(stratified_indices(train.labels, 300)), test.subset(stratified_indices(test.labels, 200))
+
+
+def _model(seed=0, **knobs):
+    torch.manual_seed(seed)
+    return build_model("vgg16", width=knobs.pop("width", 0.0625), **knobs)
+
+
+def test_authors_schedule_shape():
+    total = 1000
+    assert lr_factor(0, total) == 1.0 and lr_factor(500, total) == 1.0
+    assert lr_factor(700, total) == pytest.approx(1 - 0.99 * 0.5)
+    assert lr_factor(900, total) == pytest.approx(0.01)
+    assert lr_factor(999, total) == 0.01
+    assert lr_factor(700, total, "constant") == 1.0
+    assert lr_factor(0, total, "constant", warmup_steps=10) == pytest.approx(0.1)
+    assert lr_factor(9, total, "constant", warmup_steps=10) == 1.0
+
+
+def test_optimizers():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(make_optimizer(params, TINY), torch.optim.SGD)
+    assert isinstance(make_optimizer(params, dataclasses.replace(TINY, optimizer="adam")), torch.optim.Adam)
+    adamw = make_optimizer(params, dataclasses.replace(TINY, optimizer="adamw", weight_decay=1e-3))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 1e-3
+
+
+def test_batch_size_checks():
+    check_batch_size(50, 300)
+    for bad in (0, -1, 301):
+        with pytest.raises(ValueError, match="batch size"):
+            check_batch_size(bad, 300)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"train.model": "resnet9"}, "unknown model"),
+    ({"train.lr": -0.1}, "learning rate"),
+    ({"train.batch_size": 0}, "batch_size"),
+    ({"train.optimizer": "lbfgs"}, "optimizer"),
+])
+def test_bad_profile_values_fail_at_load(overrides, match):
+    with pytest.raises(ProfileError, match=match):
+        load_profile("smoke", overrides)
+
+
+def test_short_run_lowers_the_loss(subsets):
+    train, test = subsets
+    train, test = train.subset(torch.arange(0, 300, 2)), test.subset(torch.arange(50))
+    torch.manual_seed(0)
+    model = build_model("vgg16_bn", width=0.0625, dropout=0.0)
+    before, _ = evaluate(model, train.images, train.labels)
+    cfg = dataclasses.replace(TINY, model="vgg16_bn", epochs=6, batch_size=25, lr=0.05, schedule="constant",
+                              augment=False)
+    result = fit(model, train, cfg, test=test, seed=0, device="cpu", quiet=True)
+    after, _ = evaluate(model, train.images, train.labels)
+    assert not result.diverged and len(result.history) == 6 and result.steps == 36
+    assert after < before - 0.03
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert set(result.history[-1]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr"}
+
+
+def test_divergence_is_a_result_not_an_error(subsets):
+    train, _ = subsets
+    cfg = dataclasses.replace(TINY, epochs=2, lr=1e4, schedule="constant", augment=False)
+    result = fit(_model(), train, cfg, seed=0, device="cpu", quiet=True)
+    assert result.diverged and result.diverged_step is not None and result.diverged_step < 12
+    assert result.diverged_loss is None or not (result.diverged_loss <= cfg.divergence_loss)
+
+
+def test_divergence_threshold_stops_at_the_first_step_above_it(subsets):
+    train, _ = subsets
+    cfg = dataclasses.replace(TINY, divergence_loss=1.0)  # the initial loss is about ln(100) = 4.6
+    result = fit(_model(), train, cfg, seed=0, device="cpu", quiet=True)
+    assert result.diverged and result.diverged_step == 0 and result.steps == 0
+    assert result.diverged_loss == pytest.approx(math.log(100), abs=0.3)
+
+
+def test_resume_after_interruption_equals_uninterrupted(subsets, tmp_path):
+    train, test = subsets
+    train = train.subset(torch.arange(0, 300, 3))  # 100 images, 4 steps of 25 per epoch
+    test = test.subset(torch.arange(50))
+    # dropout on: the torch RNG state matters too
+    cfg = dataclasses.replace(TINY, epochs=3, batch_size=25, checkpoint_every=1)
+
+    reference = _model()
+    fit(reference, train, cfg, test=test, seed=5, device="cpu", quiet=True)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(info):
+        if info.step == 9:  # in epoch 3, after the epoch-2 checkpoint
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(_model(), train, cfg, test=test, seed=5, device="cpu", quiet=True, checkpoint_dir=tmp_path, on_step=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+
+    resumed = _model(seed=123)  # different init: the checkpoint must overwrite it
+    result = fit(resumed, train, cfg, test=test, seed=5, device="cpu", quiet=True, checkpoint_dir=tmp_path, resume=True)
+    assert result.resumed_from == 2 and len(result.history) == 3 and sorted(result.checkpoints) == [1, 2, 3]
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    state = load_checkpoint(result.checkpoints[3])
+    assert state["epoch"] == 3 and state["step"] == 12
+
+
+def test_train_experiment_store_and_checkpoints(data_root, tmp_path):
+    store = ResultsStore(tmp_path)
+    steps = []
+    small = {"train.epochs": 2, "data.train_subset": 200, "data.test_subset": 100, "data.curvature_subset": 50}
+    run = train_experiment("smoke", overrides=small, seed=1, data_root=data_root, device="cpu",
+                           store=store, on_step=lambda info: steps.append(info.step))
+    assert len(run.history) == 2 and sorted(run.checkpoints) == [1, 2] and run.model is not None
+    assert store.has(run.config) and 0 <= run.test_acc <= 1
+    again = train_experiment("smoke", overrides=small, seed=1, data_root=data_root, device="cpu",
+                             store=store, on_step=lambda info: steps.append(-1))
+    assert -1 not in steps and again.history == run.history and again.model is None
+    model = again.model_at(2)
+    for a, b in zip(model.state_dict().values(), run.model.state_dict().values()):
+        assert torch.equal(a, b.cpu())
+    subsets = load_subsets("smoke", data_root)
+    assert len(subsets.train) == 500 and len(subsets.test) == 200 and len(subsets.curvature) == 100
+
+
+def test_experiment_rejects_bad_input_before_training(data_root, tmp_path):
+    with pytest.raises(ValueError, match="larger than the training subset"):
+        train_experiment("smoke", overrides={"train.batch_size": 501}, data_root=data_root, device="cpu")
+    from hessian_lib.data import DataError
+
+    with pytest.raises(DataError):
+        train_experiment("smoke", data_root=tmp_path / "nowhere", device="cpu")
+
+
+def test_lr_sweep_records_divergence_as_a_point(data_root, tmp_path):
+    overrides = {"data.train_subset": 200, "data.test_subset": 100, "data.curvature_subset": 100,
+                 "train.schedule": "constant", "train.augment": False}
+    stable, result = max_stable_lr_sweep("smoke", [50, 100], [0.01, 1e4], epochs=1, overrides=overrides,
+                                         data_root=data_root, device="cpu", store=tmp_path)
+    assert stable == {50: 0.01, 100: 0.01}
+    assert [r["diverged"] for r in result.rows] == [False, True, False, True]
+    assert "diverged" in result.table()
