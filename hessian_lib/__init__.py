@@ -1,6 +1,47 @@
-"""hessian_lib: Hessian/GGN spectra and learning-rate scaling for the JMLR 2022 companion book."""
+"""hessian_lib: Hessian/GGN spectra and learning-rate scaling for the JMLR 2022 companion book.
 
+The public API, re-exported here:
+
+* data and profiles: :func:`load_cifar100`, :func:`load_profile`, :class:`Profile`
+* curvature: :class:`HessianOperator`, :class:`GGNOperator`, :func:`batch_operator`,
+  :func:`lanczos`, :func:`top_eigenvalues`, :func:`slq_density`, :func:`hutchinson_trace`
+* training: :func:`build_model`, :func:`fit`, :func:`train_experiment`, :class:`ResultsStore`
+* random-matrix and scaling laws: the modules :mod:`hessian_lib.rmt` and :mod:`hessian_lib.scaling`
+"""
+
+from hessian_lib import rmt, scaling
+from hessian_lib.curvature import (
+    CurvatureOperator,
+    EigenResult,
+    GGNOperator,
+    HessianOperator,
+    LanczosResult,
+    SLQResult,
+    TraceEstimate,
+    batch_operator,
+    bottom_eigenvalues,
+    dense_ggn,
+    dense_hessian,
+    dense_matrix,
+    hutchinson_trace,
+    hutchpp_trace,
+    lanczos,
+    slq_density,
+    top_eigenvalues,
+)
 from hessian_lib.data import CIFAR100Split, DataError, load_cifar100, normalize, resolve_data_root, stratified_indices
-from hessian_lib.profiles import PROFILES, Profile, ProfileError, load_profile, profile_names
+from hessian_lib.device import resolve_device
+from hessian_lib.experiments.training import (
+    TrainResult,
+    curvature_inputs,
+    load_subsets,
+    max_stable_lr_sweep,
+    sweep,
+    train_experiment,
+)
+from hessian_lib.models import MODEL_NAMES, build_model, count_parameters
+from hessian_lib.profiles import PROFILES, Profile, ProfileError, TrainSizes, load_profile, profile_names
+from hessian_lib.store import ResultsStore
+from hessian_lib.train import FitResult, evaluate, fit
 
 __version__ = "0.1.0"

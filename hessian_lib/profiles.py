@@ -168,7 +168,7 @@ class SpectraSizes:
     ``dense_samples``: the MLP and data of the dense-Hessian validation panel.
     """
 
-    checkpoints: tuple[int, ...] = (5, 10)
+    checkpoints: tuple[int, ...] = (5, 15)
     dataset_size: int = 1_000
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
     draws: int = 3

@@ -49,6 +49,7 @@ def frame_explorer(
 
     ``grid`` maps each keyword of ``render`` to its values (frames: the product of
     their lengths). Works without a kernel once the notebook's widget state is saved.
+    A parameter with a single value gets no slider, only a note that it is fixed.
     Each slider is a :class:`~ipywidgets.SelectionSlider` whose ``index`` is jslinked
     to the ``selected_index`` of every Stack at its level.
     """
@@ -82,8 +83,12 @@ def frame_explorer(
         return stack
 
     root = build(0, ())
-    sliders = []
+    sliders: list[widgets.Widget] = []
+    fixed = []
     for k, name in enumerate(names):
+        if len(values[k]) == 1:  # nothing to choose: say so instead of showing a slider that cannot move
+            fixed.append(f"{labels.get(name, name)} = {_format(values[k][0])}")
+            continue
         slider = widgets.SelectionSlider(
             options=[(_format(v), i) for i, v in enumerate(values[k])],
             value=start[k],
@@ -95,8 +100,10 @@ def frame_explorer(
         for stack in stacks_by_level[k]:
             widgets.jslink((slider, "index"), (stack, "selected_index"))
         sliders.append(slider)
-    return widgets.VBox([widgets.HBox(sliders[i:i + 2]) for i in range(0, len(sliders), 2)] + [root],
-                        layout=widgets.Layout(width="100%"))
+    rows: list[widgets.Widget] = [widgets.HBox(sliders[i:i + 2]) for i in range(0, len(sliders), 2)]
+    if fixed:
+        rows.append(widgets.HTML(f"<small>fixed in this run: {', '.join(fixed)}</small>"))
+    return widgets.VBox(rows + [root], layout=widgets.Layout(width="100%"))
 
 
 def live_explorer(render: Renderer, grid: Mapping[str, Sequence[Any]], *,

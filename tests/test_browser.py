@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import http.server
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from hessian_lib.book import list_chapters, run_book
+from hessian_lib.book import list_chapters
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -23,9 +25,19 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory, data_root) -> Path:
-    html = run_book("smoke", data_root=data_root, build_dir=tmp_path_factory.mktemp("book"), log=lambda m: None)
-    assert html is not None and (html / "index.html").exists()
-    return html
+    """The book built by the command line, as a user would (a subprocess, so the browser's event loop
+    and papermill's never share a process)."""
+    build = tmp_path_factory.mktemp("book")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hessian_lib", "book", "--profile", "smoke", "--data-root", str(data_root),
+         "--build-dir", str(build)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for chapter in list_chapters():
+        assert f"{chapter} done in" in proc.stdout, f"no progress line for {chapter}"
+    assert f"The book is at {build / 'html' / 'index.html'}" in proc.stdout
+    return build / "html"
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +90,7 @@ VISIBLE_FRAMES = """(root) => Array.from(root.querySelectorAll('.widget-image'))
 
 
 @pytest.mark.parametrize("chapter", ["book/intro", *list_chapters()])
-def test_page_renders_offline(browser, server, chapter):
+def test_page_renders_offline(server, browser, chapter):
     page, outside, failed = _open(browser, f"{server}/{chapter}.html")
     try:
         assert outside == [], f"requests left 127.0.0.1: {outside}"
@@ -115,8 +127,6 @@ def _check_widgets(page):
             page.keyboard.press("End")
             page.wait_for_timeout(200)
             after = page.evaluate(VISIBLE_FRAMES, explorer)
-            slider_count = len(page.evaluate("(h) => h.closest('.widget-slider').querySelector('.widget-readout').innerText", handle))
-            assert slider_count >= 1
             assert after != before, "moving a slider must change the displayed frame"
             page.keyboard.press("Home")
             page.wait_for_timeout(200)
