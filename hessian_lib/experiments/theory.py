@@ -44,6 +44,22 @@ def extreme_pair(matrix: np.ndarray) -> tuple[float, float]:
     return float(top), float(bottom)
 
 
+def _wigner_extremes_row(dim: int, spikes: Sequence[float], s: float, repeats: int, seed: int, key: int) -> dict:
+    """Predicted and measured (mean, sd over ``repeats`` samples) extreme eigenvalues at noise scale s."""
+    top_pred, bottom_pred = (float(v) for v in rmt.wigner_extremes(spikes, s))
+    measured = np.array([
+        extreme_pair(rmt.sample_spiked_wigner(dim, spikes, s, seed=child_seed(seed, key, r))) for r in range(repeats)
+    ])
+    return {
+        "top predicted": top_pred,
+        "top measured": measured[:, 0].mean(),
+        "top sd": measured[:, 0].std(ddof=1) if repeats > 1 else np.nan,
+        "bottom predicted": bottom_pred,
+        "bottom measured": measured[:, 1].mean(),
+        "bottom sd": measured[:, 1].std(ddof=1) if repeats > 1 else np.nan,
+    }
+
+
 @rmt.limit_blas_threads(1)
 def wigner_outlier_table(
     dim: int,
@@ -65,21 +81,7 @@ def wigner_outlier_table(
     rows = []
     for i, b in enumerate(batch_sizes):
         s = float(rmt.noise_scale(dim, sigma2, b, n_data))
-        top_pred, bottom_pred = (float(v) for v in rmt.wigner_extremes(spikes, s))
-        measured = np.array([
-            extreme_pair(rmt.sample_spiked_wigner(dim, spikes, s, seed=child_seed(seed, i, r)))
-            for r in range(repeats)
-        ])
-        rows.append({
-            "B": int(b),
-            "s(B)": s,
-            "top predicted": top_pred,
-            "top measured": measured[:, 0].mean(),
-            "top sd": measured[:, 0].std(ddof=1) if repeats > 1 else np.nan,
-            "bottom predicted": bottom_pred,
-            "bottom measured": measured[:, 1].mean(),
-            "bottom sd": measured[:, 1].std(ddof=1) if repeats > 1 else np.nan,
-        })
+        rows.append({"B": int(b), "s(B)": s, **_wigner_extremes_row(dim, spikes, s, repeats, seed, i)})
     table = pd.DataFrame(rows)
     table["top rel. error"] = (table["top measured"] - table["top predicted"]).abs() / table["top predicted"].abs()
     table["bottom rel. error"] = ((table["bottom measured"] - table["bottom predicted"]).abs()
@@ -104,20 +106,10 @@ def bbp_sweep(
     rows = []
     for i, ratio in enumerate(ratios):
         s = float(ratio) * theta
-        top_pred, bottom_pred = (float(v) for v in rmt.wigner_extremes([theta, -theta], s))
-        measured = np.array([
-            extreme_pair(rmt.sample_spiked_wigner(dim, [theta, -theta], s, seed=child_seed(seed, 10_000 + i, r)))
-            for r in range(repeats)
-        ])
         rows.append({
             "s/theta": float(ratio),
             "s": s,
-            "top predicted": top_pred,
-            "top measured": measured[:, 0].mean(),
-            "top sd": measured[:, 0].std(ddof=1) if repeats > 1 else np.nan,
-            "bottom predicted": bottom_pred,
-            "bottom measured": measured[:, 1].mean(),
-            "bottom sd": measured[:, 1].std(ddof=1) if repeats > 1 else np.nan,
+            **_wigner_extremes_row(dim, [theta, -theta], s, repeats, seed, 10_000 + i),
             "edge 2s": 2 * s,
             "outlier formula": theta + s**2 / theta,
         })
