@@ -54,6 +54,8 @@ def test_verdict_logic():
     assert S.verdict(_checks(1.0, -1.0, 0.01, 0.05), "hessian") == "holds"
     assert S.verdict(_checks(1.0, -1.0, 0.05, 0.01), "hessian") == "partly"
     assert S.verdict(_checks(0.5, -1.0, 0.01, 0.05), "hessian") == "does not hold"
+    assert S.verdict(_checks(0.85, -0.9, 0.01, 0.05), "hessian") == "partly"   # one batch size below, ordering kept
+    assert S.verdict(_checks(0.85, -0.3, 0.01, 0.05), "hessian") == "does not hold"
     assert S.verdict(_checks(1.0, 0.2, 0.01, 0.05), "hessian") == "does not hold"
     assert S.verdict(_checks(1.0, -1.0, 0.01, 0.05), "ggn") == "not measured"
 
