@@ -9,6 +9,7 @@ VENV ?= .venv
 PROFILE ?= cpu
 DATA_ROOT ?=
 PYTEST_ARGS ?=
+BOOK_ARGS ?=
 export HESSIAN_LIB_DOWNLOAD ?= 1
 
 PY := $(VENV)/bin/python
@@ -36,7 +37,7 @@ setup: $(STAMP) system-deps
 	$(PY) -c "from hessian_lib.vendor import ensure_vendor_assets; ensure_vendor_assets()"
 
 book: setup
-	$(PY) -m hessian_lib book --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+	$(PY) -m hessian_lib book --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(BOOK_ARGS)
 
 test: setup
 	$(if $(DATA_ROOT),HESSIAN_LIB_DATA=$(DATA_ROOT)) $(PY) -m pytest $(PYTEST_ARGS)

@@ -114,12 +114,15 @@ def execute_chapter(
     parameters: Mapping[str, Any],
     *,
     progress_bar: bool = False,
+    cell_timeout: float | None = None,
 ) -> float:
     """Run one chapter notebook with papermill into ``output``; return seconds taken.
 
-    Raises :class:`ChapterError` with the chapter name, failing cell and error.
+    ``cell_timeout``: seconds any one cell may run (None: no limit). Raises :class:`ChapterError`
+    with the chapter name, failing cell and error (a timeout included).
     """
     import papermill
+    from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -133,9 +136,13 @@ def execute_chapter(
             cwd=str(output.parent),
             progress_bar=progress_bar,
             log_output=False,
+            execution_timeout=cell_timeout,
         )
     except PapermillExecutionError as err:
         raise ChapterError(source.stem, err.cell_index, err.ename, err.evalue, err.source or "", output) from None
+    except CellTimeoutError as err:
+        lines = str(err).splitlines()
+        raise ChapterError(source.stem, None, "CellTimeoutError", lines[0], "\n".join(lines[4:]), output) from None
     finally:
         if output.exists():
             _hide_injected_parameters(output)
@@ -192,6 +199,7 @@ def run_book(
     chapters: Sequence[str] | None = None,
     build_dir: str | os.PathLike = "_build",
     build: bool = True,
+    cell_timeout: float | None = None,
     log=None,
 ) -> Path | None:
     """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built)."""
@@ -199,6 +207,8 @@ def run_book(
     # 1. Cheap validation, before any chapter runs.
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if cell_timeout is not None and not cell_timeout > 0:
+        raise ValueError(f"cell_timeout must be positive seconds (or None for no limit), got {cell_timeout!r}")
     resolved_profile = load_profile(profile, overrides)
     resolved_device = resolve_device(device)
     root = project_root()
@@ -223,6 +233,9 @@ def run_book(
         "data_root": str(data_path),
         "device": str(resolved_device),
         "results_dir": str(build_path / "results"),
+        # Live (kernel-driven) widgets are for readers running the notebook; a build has no reader,
+        # and nbclient can stall on their Output-widget traffic.
+        "live_widgets": False,
     }
     # 2. Execute.
     timings: dict[str, float] = {}
@@ -234,7 +247,8 @@ def run_book(
         log(f"[{i}/{len(selected)}] {chapter} ...")
         source = root / f"{chapter}.ipynb"
         output = staging / f"{chapter}.ipynb"
-        seconds = execute_chapter(source, output, parameters, progress_bar=sys.stderr.isatty())
+        seconds = execute_chapter(source, output, parameters, progress_bar=sys.stderr.isatty(),
+                                  cell_timeout=cell_timeout)
         timings[chapter] = round(seconds, 1)
         tmp = timings_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(timings, indent=2))

@@ -66,6 +66,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
         chapters=args.chapter or None,
         build_dir=args.build_dir,
         build=not args.no_build,
+        cell_timeout=args.cell_timeout or None,
     )
     if html is not None:
         print(f"The book is at {html / 'index.html'}")
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run only this chapter (name like 01_theory; repeatable); the others keep their last run")
     book.add_argument("--build-dir", default="_build", help="where the staging copy and the HTML go (default: _build)")
     book.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
+    book.add_argument("--cell-timeout", type=float, default=0,
+                      help="fail a chapter whose cell runs longer than this many seconds (default 0: no limit)")
     book.set_defaults(func=_cmd_book)
 
     train = sub.add_parser("train", help="train the profile's network on its CIFAR-100 subset")

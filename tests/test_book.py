@@ -34,6 +34,7 @@ def test_chapters_follow_the_table_of_contents():
         ({"seed": -1}, ValueError, "seed"),
         ({"device": "tpu"}, ValueError, "device"),
         ({"chapters": ["99_nothing"]}, ValueError, "valid chapters: 01_theory"),
+        ({"cell_timeout": -5}, ValueError, "cell_timeout"),
     ],
 )
 def test_bad_parameters_fail_before_any_work(tmp_path, data_root, kwargs, error, message):
@@ -74,3 +75,9 @@ def test_parameters_are_injected_and_the_injected_cell_hidden(tmp_path):
     nb = nbformat.read(out, as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
+
+
+def test_a_cell_past_its_timeout_fails_the_chapter(tmp_path):
+    src = _notebook(tmp_path / "08_slow.ipynb", "import time; time.sleep(30)")
+    with pytest.raises(ChapterError, match="08_slow"):
+        execute_chapter(src, tmp_path / "out" / "08_slow.ipynb", {"profile": "smoke"}, cell_timeout=2)
