@@ -31,9 +31,8 @@ from torch import nn
 
 from hessian_lib import scaling
 from hessian_lib.curvature import GGNOperator, HessianOperator, batch_operator, dense_ggn, dense_hessian, lanczos
-from hessian_lib.data import normalize, stratified_indices
 from hessian_lib.device import resolve_device
-from hessian_lib.experiments.training import CURVATURE_SEED, TrainResult, load_subsets, train_experiment
+from hessian_lib.experiments.training import TrainResult, curvature_inputs, train_experiment
 from hessian_lib.profiles import Profile, load_profile
 from hessian_lib.store import ResultsStore
 
@@ -62,11 +61,7 @@ def _chunks(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Ten
 
 def spectra_dataset(profile: Profile, data_root: Any = None, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The N = ``spectra.dataset_size`` training images of the study: float32 [N, 3, 32, 32] (test-time), labels [N]."""
-    subsets = load_subsets(profile, data_root)
-    idx = stratified_indices(subsets.train.labels, profile.spectra.dataset_size, seed=CURVATURE_SEED)
-    images = subsets.train.subset(idx)
-    dev = resolve_device(device)
-    return normalize(images.images.to(dev)), images.labels.to(dev)
+    return curvature_inputs(profile, data_root, device, size=profile.spectra.dataset_size)
 
 
 def _lanczos_record(op, steps: int, seed: int, vectors: bool = False) -> dict[str, np.ndarray]:

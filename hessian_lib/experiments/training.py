@@ -71,11 +71,19 @@ def load_subsets(profile: str | Profile, data_root: str | os.PathLike | None = N
 
 
 def curvature_inputs(profile: str | Profile, data_root: str | os.PathLike | None = None,
-                     device: str | torch.device | None = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed curvature subset with test-time transforms: float32 [M, 3, 32, 32] (normalised) and labels [M]."""
+                     device: str | torch.device | None = "cpu", *,
+                     size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed curvature subset with test-time transforms: float32 [M, 3, 32, 32] (normalised) and labels [M].
+
+    M is ``data.curvature_subset`` unless ``size`` asks for another class-stratified draw (same
+    seed) from the training subset, e.g. the N images of the Spectra chapter.
+    """
     subsets = load_subsets(profile, data_root)
+    images = subsets.curvature
+    if size is not None and size != len(images):
+        images = subsets.train.subset(stratified_indices(subsets.train.labels, size, seed=CURVATURE_SEED))
     dev = resolve_device(device)
-    return normalize(subsets.curvature.images.to(dev)), subsets.curvature.labels.to(dev)
+    return normalize(images.images.to(dev)), images.labels.to(dev)
 
 
 # ----------------------------------------------------------------------------- one run
