@@ -96,7 +96,7 @@ class DataSizes:
 
 
 _OPTIMIZERS = ("sgd", "adam", "adamw")
-_SCHEDULES = ("authors", "constant")
+_SCHEDULES = ("authors", "linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -105,24 +105,32 @@ class TrainSizes:
 
     ``model``: a name from ``hessian_lib.models.MODEL_NAMES``; ``width`` multiplies its channel
     counts; ``depth`` (0: the depth in the name) and ``widen_factor`` (WideResNet's k) size it.
-    ``optimizer``: sgd (with ``momentum``), adam or adamw; ``weight_decay`` is L2 for sgd/adam and
-    decoupled for adamw. ``schedule``: ``authors`` (constant for 50% of the epochs, linear decay to
-    1% of ``lr`` by 90%, then flat) or ``constant``; ``warmup_epochs`` of linear warm-up first.
+    ``dropout``: the network's dropout probability (-1: the architecture's default).
+    ``optimizer``: sgd (with ``momentum``, Nesterov's if ``nesterov``), adam or adamw;
+    ``weight_decay`` is L2 for sgd/adam and decoupled for adamw. ``schedule``: ``authors``
+    (constant for 50% of the epochs, linear decay to 1% of ``lr`` by 90%, then flat), ``linear``
+    (linear decay to zero) or ``constant``; ``warmup_epochs`` of linear warm-up first.
+    ``label_smoothing``: of the training cross-entropy (0: none; evaluation never smooths).
     ``checkpoint_every``: epochs between checkpoints (the last epoch is always kept).
     ``divergence_loss``: a training loss above it (or NaN/inf) stops the run as diverged.
     ``augment``: random crop (4-pixel padding) + horizontal flip on the training images.
     ``mixed_precision``: bf16 autocast for training on CUDA (curvature stays float32).
+    ``channels_last``: NHWC tensors in training (faster convolutions). ``eval_flip``: test accuracy
+    averages the logits of each image and its mirror image.
     """
 
     model: str = "vgg16"
     width: float = 0.125
     depth: int = 0
     widen_factor: int = 10
+    dropout: float = -1.0
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     optimizer: str = "sgd"
     schedule: str = "authors"
     warmup_epochs: float = 0.0
@@ -130,6 +138,8 @@ class TrainSizes:
     divergence_loss: float = 100.0
     augment: bool = True
     mixed_precision: bool = True
+    channels_last: bool = True
+    eval_flip: bool = False
 
     def validate(self) -> None:
         from hessian_lib.models import MODEL_NAMES, canonical_name
@@ -146,6 +156,10 @@ class TrainSizes:
             raise ProfileError(f"train.lr (learning rate) must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ProfileError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not (0 <= self.dropout < 1 or self.dropout == -1):
+            raise ProfileError(f"train.dropout must be in [0, 1) or -1 (the architecture's default), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ProfileError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ProfileError("train.weight_decay and train.warmup_epochs must not be negative")
         if self.optimizer not in _OPTIMIZERS:

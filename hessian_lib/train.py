@@ -15,16 +15,28 @@ Learning rate at step ``s`` of ``S`` (``t = s / S``, the fraction of training do
     1 - 0.99\\,(t - 0.5)/0.4 & 0.5 < t \\le 0.9 \\\\ 0.01 & t > 0.9 \\end{cases}
 
 (the scripts evaluate it once per epoch at ``t = epoch / epochs``; here it is evaluated at
-every step, which agrees at epoch starts), times a linear warm-up factor
-``min(1, (s + 1) / warmup_steps)`` when ``warmup_epochs > 0``.
+every step, which agrees at epoch starts); ``linear`` decays as :math:`1 - t` to zero at the
+end (the fast-training recipes' triangle); ``constant`` stays at :math:`\\eta_0`. Each is
+multiplied by a linear warm-up factor ``min(1, (s + 1) / warmup_steps)`` when ``warmup_epochs > 0``.
+
+Seeds: every random stream of a run (initialisation, data order, augmentation, dropout) has
+its own seed, :func:`derive_seed` ``(seed, stream)``, so two runs that differ in one recipe
+field still see the same data order and augmentation.
+
+Hooks: ``callbacks`` (:class:`TrainCallback`) see the optimiser at the start of training and
+before every step (after the schedule has set the learning rate, so a callback may override
+it, as the SLQ learner does); their ``state_dict()`` is saved in every checkpoint and handed
+back on resume.
 
 Divergence: a training loss that is NaN/inf or above ``divergence_loss`` stops the run before
 the update; the result records ``diverged=True`` and the step. Nothing is raised.
 
 Checkpoints (every ``checkpoint_every`` epochs and at the end) hold the weights, the optimiser
-state, the history and every RNG state (data order, augmentation, torch's global generator,
-CUDA's), so ``resume=True`` continues an interrupted run exactly where its last checkpoint left
-it: on CPU the final weights equal an uninterrupted run's bit for bit.
+state, the history, the callbacks' states, the recipe and every RNG state (data order,
+augmentation, torch's global generator, CUDA's), so ``resume=True`` continues an interrupted
+run exactly where its last checkpoint left it: on CPU the final weights equal an uninterrupted
+run's bit for bit. A checkpoint written under another recipe (any field of the
+:class:`~hessian_lib.profiles.TrainSizes` differs) is refused with :class:`CheckpointMismatch`.
 
 Data parallel: under ``torch.distributed`` (started with ``torchrun``; see
 :func:`init_distributed`) each of the W processes takes its 1/W share of every global batch,
@@ -32,18 +44,19 @@ DDP averages the gradients, so the run matches a single process with the same gl
 (up to floating-point summation order) as long as the model has no BatchNorm or dropout
 randomness that depends on the split. Only rank 0 prints and writes checkpoints.
 
-On CUDA, training runs under bf16 autocast (``mixed_precision``) with channels_last tensors;
-evaluation and anything curvature-related stay float32.
+Training uses channels_last tensors (faster convolutions on CPU and GPU); on CUDA it runs under
+bf16 autocast (``mixed_precision``); evaluation and anything curvature-related stay float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +69,13 @@ from hessian_lib.profiles import TrainSizes
 from hessian_lib.store import atomic_torch_save
 
 __all__ = [
+    "CheckpointMismatch",
     "FitResult",
+    "SEED_STREAMS",
     "StepInfo",
+    "TrainCallback",
     "check_batch_size",
+    "derive_seed",
     "evaluate",
     "fit",
     "init_distributed",
@@ -67,7 +84,12 @@ __all__ = [
     "load_checkpoint",
     "lr_factor",
     "make_optimizer",
+    "check_recipe",
+    "epoch_record",
+    "restore_or_reset",
+    "save_checkpoint",
     "resolve_device",
+    "run_epoch",
 ]
 
 
@@ -122,21 +144,35 @@ def lr_factor(step: int, total_steps: int, schedule: str = "authors", warmup_ste
             factor = 1.0 - 0.99 * (t - 0.5) / 0.4
         else:
             factor = 0.01
+    elif schedule == "linear":
+        factor = 1.0 - t
     elif schedule == "constant":
         factor = 1.0
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; valid schedules: authors, constant")
+        raise ValueError(f"unknown schedule {schedule!r}; valid schedules: authors, linear, constant")
     if warmup_steps > 0:
         factor *= min(1.0, (step + 1) / warmup_steps)
     return factor
 
 
+#: The random streams of a run, each seeded by :func:`derive_seed`.
+SEED_STREAMS: dict[str, int] = {"init": 0, "order": 1, "augment": 2, "dropout": 3}
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """The seed of one random stream (a key of :data:`SEED_STREAMS`) of the run seeded ``seed``."""
+    if stream not in SEED_STREAMS:
+        raise ValueError(f"unknown random stream {stream!r}; valid streams: {', '.join(SEED_STREAMS)}")
+    return 1_000_003 * int(seed) + SEED_STREAMS[stream]
+
+
 def make_optimizer(params: Any, cfg: TrainSizes) -> torch.optim.Optimizer:
-    """SGD with momentum (L2 weight decay), Adam (L2) or AdamW (decoupled weight decay), at ``cfg.lr``."""
+    """SGD with momentum (L2 weight decay, Nesterov if ``cfg.nesterov``), Adam (L2) or AdamW (decoupled), at ``cfg.lr``."""
     if cfg.lr <= 0:
         raise ValueError(f"the learning rate must be positive, got {cfg.lr}")
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -163,10 +199,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-             device: str | torch.device | None = None, batch_size: int = 500) -> tuple[float, float]:
+             device: str | torch.device | None = None, batch_size: int = 500,
+             flip: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) of ``model`` on uint8 ``images`` [N,3,32,32], float32, eval mode.
 
-    Under ``torch.distributed`` every process evaluates its share and the totals are summed.
+    ``flip``: average the logits of each image and its mirror image (test-time flip). Under
+    ``torch.distributed`` every process evaluates its share and the totals are summed.
     """
     net = _unwrap(model)
     dev = torch.device(device) if device is not None else next(net.parameters()).device
@@ -181,6 +219,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
         x = normalize(images[start:stop].to(dev, non_blocking=True))
         y = labels[start:stop].to(dev, non_blocking=True)
         logits = net(x).float()
+        if flip:
+            logits = 0.5 * (logits + net(torch.flip(x, dims=[3])).float())
         totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
         totals[1] += (logits.argmax(1) == y).sum()
         totals[2] += stop - start
@@ -208,18 +248,51 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = "cpu",
+                    cfg: TrainSizes | None = None) -> dict[str, Any]:
     """Read a checkpoint written by :func:`fit`; load its weights into ``model`` when given.
 
-    Keys: ``model`` (state dict), ``optimizer``, ``epoch``, ``step``, ``history``, ``rng``, ``config``.
+    With ``cfg``, a checkpoint written under another recipe raises :class:`CheckpointMismatch`.
+
+    Keys: ``model`` (state dict), ``optimizer``, ``epoch``, ``step``, ``history``, ``rng``, ``callbacks``,
+    ``config`` (the recipe as a dict).
     """
     state = torch.load(path, map_location=map_location, weights_only=False)
+    if cfg is not None:
+        check_recipe(state, cfg, path)
     if model is not None:
         _unwrap(model).load_state_dict(state["model"])
     return state
 
 
-# ----------------------------------------------------------------------------- the trainer
+# ----------------------------------------------------------------------------- the trainer's pieces
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint was written under another recipe than the one asked for."""
+
+
+class TrainCallback:
+    """Hooks into :func:`fit`; subclass and override what you need (every hook is optional).
+
+    ``on_train_start(model, optimizer)``: once, after a resumed run's state is restored.
+    ``on_step_start(step, model, optimizer)``: before every optimiser step (0-based global
+    ``step``), after the schedule has set each group's ``lr``, so a callback may override it.
+    ``state_dict()`` / ``load_state_dict(state)``: saved in every checkpoint, handed back on resume.
+    """
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called once before the first step of this call to :func:`fit`."""
+
+    def on_step_start(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called before every optimiser step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this callback."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 @dataclass
@@ -237,10 +310,11 @@ class FitResult:
     """What :func:`fit` returns.
 
     ``history``: one dict per finished epoch (``epoch``, ``step``, ``lr``, ``train_loss``,
-    ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``); ``diverged`` with the 0-based
-    ``diverged_step`` and its ``diverged_loss``; ``checkpoints``: epoch -> path of every
-    checkpoint on disk; ``seconds``: wall time of this call; ``resumed_from``: the epoch a resumed
-    run started after (0 for a fresh run).
+    ``train_acc``, ``test_loss``, ``test_acc``, ``train_seconds`` (the epoch's training steps
+    alone), ``seconds`` (with evaluation)); ``diverged`` with the 0-based ``diverged_step`` and its
+    ``diverged_loss``; ``checkpoints``: epoch -> path of every checkpoint on disk; ``seconds``:
+    wall time of this call; ``resumed_from``: the epoch a resumed run started after (0 for a
+    fresh run); ``steps``: optimiser steps taken in all.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -258,21 +332,186 @@ class FitResult:
         return dict(self.history[-1]) if self.history else {}
 
 
-def _rng_state(order_gen: torch.Generator, aug_gen: torch.Generator) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """The mutable state of one training run: network, optimiser, random streams, position, result."""
+
+    net: nn.Module
+    model: nn.Module  # ``net`` or its DDP wrapper: what the forward pass calls
+    optimizer: torch.optim.Optimizer
+    cfg: TrainSizes
+    seed: int
+    order_gen: torch.Generator
+    aug_gen: torch.Generator
+    callbacks: list[TrainCallback]
+    device: torch.device
+    epoch: int = 0
+    step: int = 0
+    result: FitResult = field(default_factory=FitResult)
+
+
+def _rng_state(run: _Run) -> dict[str, Any]:
     return {
-        "order": order_gen.get_state(),
-        "augment": aug_gen.get_state(),
+        "order": run.order_gen.get_state(),
+        "augment": run.aug_gen.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def _set_rng_state(state: dict[str, Any], order_gen: torch.Generator, aug_gen: torch.Generator) -> None:
-    order_gen.set_state(state["order"])
-    aug_gen.set_state(state["augment"])
+def _set_rng_state(state: dict[str, Any], run: _Run) -> None:
+    run.order_gen.set_state(state["order"])
+    run.aug_gen.set_state(state["augment"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_recipe(state: dict[str, Any], cfg: TrainSizes, path: str | os.PathLike) -> None:
+    """:class:`CheckpointMismatch` unless the checkpoint ``state`` was written under the recipe ``cfg``."""
+    saved = state.get("config") or {}
+    wanted = dataclasses.asdict(cfg)
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k, "<absent>") != wanted.get(k, "<absent>"))
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {wanted.get(k, '<absent>')!r} now"
+                          for k in differ[:6])
+        raise CheckpointMismatch(f"checkpoint {os.fspath(path)} was written by another training recipe ({shown}); "
+                                 "delete it or train from scratch (resume=False)")
+
+
+def restore_or_reset(run: _Run, checkpoint_dir: Path | None, resume: bool, main: bool = True) -> bool:
+    """Resume ``run`` from the latest checkpoint in ``checkpoint_dir`` or clear the folder for a fresh run.
+
+    Returns True when the restored run had already diverged (nothing left to do).
+    """
+    result = run.result
+    if checkpoint_dir is not None:
+        for path in sorted(checkpoint_dir.glob("epoch_*.pt")):
+            result.checkpoints[int(path.stem.split("_")[1])] = str(path)
+    last = latest_checkpoint(checkpoint_dir) if resume else None
+    if last is not None:
+        state = torch.load(last, map_location=run.device, weights_only=False)
+        check_recipe(state, run.cfg, last)
+        run.net.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], run)
+        for callback, cb_state in zip(run.callbacks, state.get("callbacks", [])):
+            callback.load_state_dict(cb_state)
+        run.epoch, run.step = int(state["epoch"]), int(state["step"])
+        result.history = list(state["history"])
+        result.resumed_from = run.epoch
+        if state.get("diverged"):
+            result.diverged, result.diverged_step, result.diverged_loss = True, state["diverged_step"], state["diverged_loss"]
+            return True
+    elif checkpoint_dir is not None and main:
+        for path in checkpoint_dir.glob("epoch_*.pt"):  # a fresh run replaces an old run's checkpoints
+            path.unlink()
+        result.checkpoints.clear()
+    return False
+
+
+def save_checkpoint(run: _Run, checkpoint_dir: Path | None, diverged: bool = False, main: bool = True) -> None:
+    """Write ``run``'s state at the end of its current epoch (atomically; rank 0 only)."""
+    if checkpoint_dir is None:
+        return
+    path = checkpoint_dir / _checkpoint_name(run.epoch)
+    if main:
+        atomic_torch_save({
+            "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "epoch": run.epoch, "step": run.step, "history": run.result.history, "rng": _rng_state(run),
+            "callbacks": [cb.state_dict() for cb in run.callbacks],
+            "config": dataclasses.asdict(run.cfg), "seed": run.seed, "diverged": diverged,
+            "diverged_step": run.result.diverged_step, "diverged_loss": run.result.diverged_loss,
+        }, path)
+    run.result.checkpoints[run.epoch] = str(path)
+
+
+def run_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, *, steps_per_epoch: int, total_steps: int,
+              warmup_steps: int = 0, max_steps: int | None = None,
+              on_step: Callable[[StepInfo], None] | None = None, bar: Any = None) -> dict[str, float]:
+    """One epoch of ``run`` on in-memory uint8 ``images`` [N,3,32,32] and ``labels`` [N] (on the device).
+
+    Draws the epoch's data order and augmentation, then takes up to ``steps_per_epoch`` steps
+    (fewer when the run diverges or reaches ``max_steps``). Returns the running sums
+    ``loss_sum``, ``correct``, ``seen`` and ``steps`` of the steps taken.
+    """
+    cfg, rank, world = run.cfg, *_world()
+    dev = run.device
+    n_train = labels.shape[0]
+    local_batch = cfg.batch_size // world
+    perm = torch.randperm(n_train, generator=run.order_gen)
+    offsets, flips = draw_crop_flip(n_train, run.aug_gen)
+    autocast = dev.type == "cuda" and cfg.mixed_precision
+    run.net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.float64, device=dev)
+    seen = taken = 0
+    for s in range(steps_per_epoch):
+        if max_steps is not None and run.step >= max_steps:
+            break
+        pos = torch.arange(s * cfg.batch_size + rank * local_batch, s * cfg.batch_size + (rank + 1) * local_batch)
+        idx = perm[pos].to(dev, non_blocking=True)
+        x = images[idx]
+        if cfg.augment:
+            x = apply_crop_flip(x, offsets[pos], flips[pos])
+        x = normalize(x)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[idx]
+        lr_now = cfg.lr * lr_factor(run.step, total_steps, cfg.schedule, warmup_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_now
+        for callback in run.callbacks:
+            callback.on_step_start(run.step, run.net, run.optimizer)
+        lr_now = run.optimizer.param_groups[0]["lr"]
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = run.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        stats = torch.stack([loss.detach().double(), (logits.detach().argmax(1) == y).sum().double()])
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stats)
+            stats[0] /= world
+        batch_loss = stats[0].item()
+        if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_loss:
+            run.result.diverged, run.result.diverged_step, run.result.diverged_loss = True, run.step, batch_loss
+            break
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        loss_sum += stats[0]
+        correct += stats[1]
+        seen += cfg.batch_size
+        taken += 1
+        run.step += 1
+        if bar is not None:
+            bar.update(1)
+            if s % 10 == 0 or s == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{loss_sum.item() / taken:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                lr=f"{lr_now:.3g}")
+        if on_step is not None:
+            on_step(StepInfo(step=run.step - 1, epoch=run.epoch + 1, loss=batch_loss, lr=lr_now))
+    return {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "steps": taken, "lr": lr_now
+            if seen else run.optimizer.param_groups[0]["lr"]}
+
+
+def epoch_record(run: _Run, sums: dict[str, float], train_seconds: float, test: LabelledImages | None,
+                 eval_batch_size: int = 500) -> dict[str, float]:
+    """The history entry of the epoch just finished: training means, test loss and accuracy, timings."""
+    record = {"epoch": run.epoch, "step": run.step, "lr": sums["lr"],
+              "train_loss": sums["loss_sum"] / max(1, sums["steps"]),
+              "train_acc": sums["correct"] / max(1, sums["seen"])}
+    t0 = time.perf_counter()
+    if test is not None:
+        record["test_loss"], record["test_acc"] = evaluate(run.model, test.images, test.labels, device=run.device,
+                                                           batch_size=eval_batch_size, flip=run.cfg.eval_flip)
+    record["train_seconds"] = train_seconds
+    record["seconds"] = train_seconds + time.perf_counter() - t0
+    return record
+
+
+# ----------------------------------------------------------------------------- the trainer
 
 
 def fit(
@@ -287,159 +526,87 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
+    callbacks: Sequence[TrainCallback] = (),
+    max_steps: int | None = None,
     eval_batch_size: int = 500,
 ) -> FitResult:
     """Train ``model`` in place on ``train`` (uint8 images, int64 labels) with the recipe ``cfg``.
 
-    ``seed`` seeds the data order, the augmentation and torch's global generator (dropout);
-    seed torch before building ``model`` for a reproducible initialisation. With
-    ``checkpoint_dir``, checkpoints go there; ``resume=True`` continues from the latest one
-    (a finished run returns at once). ``quiet`` hides the progress bars. ``on_step`` is called
-    after every optimiser step. Returns a :class:`FitResult`; divergence is a result, not an error.
+    ``seed`` seeds the data order, the augmentation and dropout (:func:`derive_seed`); seed
+    torch with ``derive_seed(seed, "init")`` before building ``model`` for a reproducible
+    initialisation. With ``checkpoint_dir``, checkpoints go there; ``resume=True`` continues
+    from the latest one (a finished run returns at once). ``quiet`` hides the progress bars and
+    epoch lines. ``on_step`` is called after every optimiser step, ``callbacks`` around them
+    (:class:`TrainCallback`). ``max_steps`` stops after that many optimiser steps in all (the
+    schedule still spans ``cfg.epochs``; an unfinished epoch leaves no record). Returns a
+    :class:`FitResult`; divergence is a result, not an error.
     """
     rank, world = _world()
     main = rank == 0
     dev = resolve_device(device)
     n_train = int(train.labels.shape[0])
     check_batch_size(cfg.batch_size, n_train, world)
-    local_batch = cfg.batch_size // world
     steps_per_epoch = n_train // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    on_cuda = dev.type == "cuda"
-    autocast = on_cuda and cfg.mixed_precision
 
     net = model.to(dev)
-    if on_cuda:
+    if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(net.parameters(), cfg)
-    order_gen = torch.Generator().manual_seed(1_000_003 * seed + 1)
-    aug_gen = torch.Generator().manual_seed(1_000_003 * seed + 2)
-    torch.manual_seed(1_000_003 * seed + 3)
-    if on_cuda:
-        torch.cuda.manual_seed_all(1_000_003 * seed + 3)
-
-    result = FitResult()
-    start_epoch, step = 0, 0
+    run = _Run(net=net, model=net, optimizer=make_optimizer(net.parameters(), cfg), cfg=cfg, seed=seed,
+               order_gen=torch.Generator().manual_seed(derive_seed(seed, "order")),
+               aug_gen=torch.Generator().manual_seed(derive_seed(seed, "augment")),
+               callbacks=list(callbacks), device=dev)
+    torch.manual_seed(derive_seed(seed, "dropout"))
+    if dev.type == "cuda":
+        torch.cuda.manual_seed_all(derive_seed(seed, "dropout"))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None:
-        for path in sorted(ckpt_dir.glob("epoch_*.pt")):
-            result.checkpoints[int(path.stem.split("_")[1])] = str(path)
-    last = latest_checkpoint(ckpt_dir) if resume else None
-    if last is not None:
-        state = load_checkpoint(last, net, map_location=dev)
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], order_gen, aug_gen)
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        result.history = list(state["history"])
-        result.resumed_from = start_epoch
-        if state.get("diverged"):
-            result.diverged, result.diverged_step, result.diverged_loss = True, state["diverged_step"], state["diverged_loss"]
-            result.steps = step
-            return result
-    elif ckpt_dir is not None and main:
-        for path in ckpt_dir.glob("epoch_*.pt"):  # a fresh run replaces an old run's checkpoints
-            path.unlink()
-        result.checkpoints.clear()
-
+    if restore_or_reset(run, ckpt_dir, resume, main):
+        run.result.steps = run.step
+        return run.result
     if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if on_cuda else None)
-    else:
-        ddp = net
+        run.model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    for callback in run.callbacks:
+        callback.on_train_start(net, run.optimizer)
 
     images = train.images.to(dev, non_blocking=True)
     labels = train.labels.to(dev, non_blocking=True)
+    show = main and not quiet
     t0 = time.perf_counter()
-    if main and not quiet:
-        from tqdm.auto import tqdm
-    lr_now = cfg.lr
-
-    def save(epoch: int, diverged: bool = False) -> None:
-        if ckpt_dir is None:
-            return
-        path = ckpt_dir / _checkpoint_name(epoch)
-        if main:
-            atomic_torch_save({
-                "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "step": step, "history": result.history, "rng": _rng_state(order_gen, aug_gen),
-                "config": cfg.__dict__.copy(), "seed": seed, "diverged": diverged,
-                "diverged_step": result.diverged_step, "diverged_loss": result.diverged_loss,
-            }, path)
-        result.checkpoints[epoch] = str(path)
-
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        epoch_t0 = time.perf_counter()
-        perm = torch.randperm(n_train, generator=order_gen)
-        offsets, flips = draw_crop_flip(n_train, aug_gen)
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        correct = torch.zeros((), dtype=torch.float64, device=dev)
-        seen = 0
+    while run.epoch < cfg.epochs and not run.result.diverged:
+        if max_steps is not None and run.step >= max_steps:
+            break
+        epoch = run.epoch + 1
         bar = None
-        if main and not quiet:
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-        for s in range(steps_per_epoch):
-            pos = torch.arange(s * cfg.batch_size + rank * local_batch, s * cfg.batch_size + (rank + 1) * local_batch)
-            idx = perm[pos].to(dev, non_blocking=True)
-            x = images[idx]
-            if cfg.augment:
-                x = apply_crop_flip(x, offsets[pos], flips[pos])
-            x = normalize(x)
-            if on_cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            lr_now = cfg.lr * lr_factor(step, total_steps, cfg.schedule, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = ddp(x)
-            loss = F.cross_entropy(logits.float(), y)
-            stats = torch.stack([loss.detach().double(), (logits.detach().argmax(1) == y).sum().double()])
-            if world > 1:
-                import torch.distributed as dist
+        if show:
+            from tqdm.auto import tqdm
 
-                dist.all_reduce(stats)
-                stats[0] /= world
-            batch_loss = stats[0].item()
-            if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_loss:
-                result.diverged, result.diverged_step, result.diverged_loss = True, step, batch_loss
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += stats[0]
-            correct += stats[1]
-            seen += cfg.batch_size
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                if s % 10 == 0 or s == steps_per_epoch - 1:
-                    bar.set_postfix(loss=f"{loss_sum.item() / (s + 1):.3f}", acc=f"{correct.item() / seen:.3f}",
-                                    lr=f"{lr_now:.3g}")
-            if on_step is not None:
-                on_step(StepInfo(step=step - 1, epoch=epoch, loss=batch_loss, lr=lr_now))
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        epoch_t0 = time.perf_counter()
+        sums = run_epoch(run, images, labels, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                         warmup_steps=warmup_steps, max_steps=max_steps, on_step=on_step, bar=bar)
+        train_seconds = time.perf_counter() - epoch_t0
         if bar is not None:
             bar.close()
-        if result.diverged:
-            if main and not quiet:
-                print(f"diverged at step {result.diverged_step} (epoch {epoch}): loss {result.diverged_loss:.4g}")
+        if run.result.diverged:
+            if show:
+                print(f"diverged at step {run.result.diverged_step} (epoch {epoch}): "
+                      f"loss {run.result.diverged_loss:.4g}", flush=True)
             break
-        record = {"epoch": epoch, "step": step, "lr": lr_now,
-                  "train_loss": loss_sum.item() / max(1, steps_per_epoch), "train_acc": correct.item() / max(1, seen)}
-        if test is not None:
-            record["test_loss"], record["test_acc"] = evaluate(ddp, test.images, test.labels, device=dev,
-                                                               batch_size=eval_batch_size)
-        record["seconds"] = time.perf_counter() - epoch_t0
-        result.history.append(record)
-        if main and not quiet:
+        if sums["steps"] < steps_per_epoch:  # stopped by max_steps inside the epoch
+            break
+        run.epoch = epoch
+        record = epoch_record(run, sums, train_seconds, test, eval_batch_size)
+        run.result.history.append(record)
+        if show:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
             print(f"epoch {epoch}/{cfg.epochs}: {shown}", flush=True)
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            save(epoch)
+            save_checkpoint(run, ckpt_dir, main=main)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    result.steps = step
-    result.seconds = time.perf_counter() - t0
-    return result
+    run.result.steps = run.step
+    run.result.seconds = time.perf_counter() - t0
+    return run.result

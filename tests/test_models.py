@@ -15,14 +15,20 @@ PAPER_COUNTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+#: Networks of our own (not the paper's), with their parameter counts on CIFAR-100.
+OWN_COUNTS = {
+    "fastcnn": 259_228,  # convs 648 + 10,368 + 20,736 + 41,472 + 165,888, BatchNorm 816, linear 19,300
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS | OWN_COUNTS))
 def test_full_size_parameter_counts(name):
     torch.manual_seed(0)
-    assert count_parameters(build_model(name, num_classes=100)) == PAPER_COUNTS[name]
+    assert count_parameters(build_model(name, num_classes=100)) == (PAPER_COUNTS | OWN_COUNTS)[name]
 
 
 def test_registry_lists_every_model():
-    assert set(MODEL_NAMES) == set(PAPER_COUNTS)
+    assert set(MODEL_NAMES) == set(PAPER_COUNTS) | set(OWN_COUNTS)
     assert canonical_name("WRN28-10") == "wideresnet28"
 
 

@@ -162,3 +162,113 @@ def test_lr_sweep_records_divergence_as_a_point(data_root, tmp_path):
     assert stable == {50: 0.01, 100: 0.01}
     assert [r["diverged"] for r in result.rows] == [False, True, False, True]
     assert "diverged" in result.table()
+
+
+# ----------------------------------------------------------------------------- the trainer's pieces
+
+
+def test_derive_seed_gives_distinct_streams():
+    from hessian_lib.train import SEED_STREAMS, derive_seed
+
+    seeds = {derive_seed(s, stream) for s in range(3) for stream in SEED_STREAMS}
+    assert len(seeds) == 3 * len(SEED_STREAMS)
+    with pytest.raises(ValueError, match="unknown random stream"):
+        derive_seed(0, "weights")
+
+
+def test_linear_schedule_decays_to_zero():
+    assert lr_factor(0, 100, "linear") == 1.0
+    assert lr_factor(50, 100, "linear") == pytest.approx(0.5)
+    assert lr_factor(99, 100, "linear") == pytest.approx(0.01)
+    assert lr_factor(0, 100, "linear", warmup_steps=4) == pytest.approx(0.25)
+
+
+def test_store_key_changes_with_every_recipe_field():
+    from hessian_lib.experiments import train_config
+    from hessian_lib.store import config_key
+
+    profile = load_profile("smoke")
+    base = config_key(train_config(profile))
+    changed = {"model": "vgg16_bn", "optimizer": "adam", "schedule": "constant"}
+    for f in dataclasses.fields(TrainSizes):
+        value = getattr(profile.train, f.name)
+        if f.name in changed:
+            new = changed[f.name]
+        elif isinstance(value, bool):
+            new = not value
+        elif f.name == "dropout":
+            new = 0.25
+        elif f.name == "momentum":
+            new = 0.5
+        elif f.name == "label_smoothing":
+            new = 0.1
+        elif isinstance(value, int):
+            new = value + 1
+        else:
+            new = value * 0.5 + 0.001
+        other = profile.with_overrides({f"train.{f.name}": new})
+        assert config_key(train_config(other)) != base, f.name
+
+
+def test_checkpoint_of_another_recipe_is_refused(subsets, tmp_path):
+    from hessian_lib.train import CheckpointMismatch
+
+    train, _ = subsets
+    cfg = dataclasses.replace(TINY, epochs=2, batch_size=100)
+    fit(_model(), train, dataclasses.replace(cfg, epochs=1), seed=0, device="cpu", quiet=True, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointMismatch, match="another training recipe.*epochs"):
+        fit(_model(), train, cfg, seed=0, device="cpu", quiet=True, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(CheckpointMismatch, match="lr"):
+        load_checkpoint(tmp_path / "epoch_0001.pt", _model(), cfg=dataclasses.replace(cfg, epochs=1, lr=0.5))
+
+
+def test_max_steps_and_callbacks(subsets, tmp_path):
+    from hessian_lib.train import TrainCallback
+
+    train, _ = subsets
+
+    class Counter(TrainCallback):
+        def __init__(self):
+            self.started, self.steps, self.restored = 0, [], None
+
+        def on_train_start(self, model, optimizer):
+            self.started += 1
+
+        def on_step_start(self, step, model, optimizer):
+            self.steps.append(step)
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0  # a callback may override the schedule
+
+        def state_dict(self):
+            return {"seen": len(self.steps)}
+
+        def load_state_dict(self, state):
+            self.restored = state["seen"]
+
+    counter = Counter()
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = dataclasses.replace(TINY, epochs=3, batch_size=100, checkpoint_every=1)  # 3 steps per epoch
+    result = fit(model, train, cfg, seed=0, device="cpu", quiet=True, callbacks=[counter], max_steps=4,
+                 checkpoint_dir=tmp_path)
+    assert result.steps == 4 and counter.steps == [0, 1, 2, 3] and counter.started == 1
+    assert [h["epoch"] for h in result.history] == [1] and result.history[0]["lr"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # lr 0: no change
+    again = Counter()
+    fit(_model(), train, cfg, seed=0, device="cpu", quiet=True, callbacks=[again], checkpoint_dir=tmp_path,
+        resume=True)
+    assert again.restored == 3 and again.steps[0] == 3 and len(again.steps) == 6
+
+
+def test_divergence_inside_one_epoch_is_recorded_by_run_epoch(subsets):
+    from hessian_lib.train import _Run, make_optimizer, run_epoch
+
+    train, _ = subsets
+    cfg = dataclasses.replace(TINY, batch_size=50, lr=1e5, schedule="constant", divergence_loss=20.0, augment=False)
+    net = _model()
+    run = _Run(net=net, model=net, optimizer=make_optimizer(net.parameters(), cfg), cfg=cfg, seed=0,
+               order_gen=torch.Generator().manual_seed(0), aug_gen=torch.Generator().manual_seed(1),
+               callbacks=[], device=torch.device("cpu"))
+    sums = run_epoch(run, train.images, train.labels, steps_per_epoch=6, total_steps=6)
+    assert run.result.diverged and run.result.diverged_step == run.step and sums["steps"] == run.step
+    assert 1 <= run.step < 6 and not run.result.diverged_loss <= 20.0

@@ -18,7 +18,8 @@ from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified
 from hessian_lib.models import canonical_name, build_model
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore
-from hessian_lib.train import StepInfo, check_batch_size, fit, is_main_process, load_checkpoint, resolve_device
+from hessian_lib.train import (StepInfo, TrainCallback, check_batch_size, derive_seed, fit, is_main_process,
+                               load_checkpoint, resolve_device)
 
 __all__ = [
     "Subsets",
@@ -33,6 +34,8 @@ __all__ = [
     "train_experiment",
 ]
 
+#: Changes whenever the trainer's behaviour changes for the same recipe, so no stale run is loaded.
+TRAINER_VERSION = 2
 #: Seed of the subset draws: the same images for every training seed.
 SUBSET_SEED = 0
 #: Seed of the curvature subset (drawn from the training subset, independently of it).
@@ -92,7 +95,8 @@ def curvature_inputs(profile: str | Profile, data_root: str | os.PathLike | None
 def model_from_profile(profile: str | Profile | TrainSizes, num_classes: int = 100) -> nn.Module:
     """A freshly initialised network of a profile's ``train`` section (seed torch first)."""
     t = profile if isinstance(profile, TrainSizes) else load_profile(profile).train
-    knobs: dict[str, Any] = {"width": t.width, "depth": t.depth or None}
+    knobs: dict[str, Any] = {"width": t.width, "depth": t.depth or None,
+                             "dropout": t.dropout if t.dropout >= 0 else None}
     if canonical_name(t.model) == "wideresnet28":
         knobs["widen_factor"] = t.widen_factor
     return build_model(t.model, num_classes=num_classes, **knobs)
@@ -101,7 +105,7 @@ def model_from_profile(profile: str | Profile | TrainSizes, num_classes: int = 1
 def train_config(profile: str | Profile, seed: int = 0) -> dict[str, Any]:
     """The config a training run depends on (what its store key hashes): data and train sizes, seed."""
     profile = load_profile(profile)
-    return {"experiment": "train", "version": 1, "data": dataclasses.asdict(profile.data),
+    return {"experiment": "train", "version": TRAINER_VERSION, "data": dataclasses.asdict(profile.data),
             "train": dataclasses.asdict(profile.train), "seed": int(seed)}
 
 
@@ -143,8 +147,9 @@ class TrainResult:
         epoch = max(self.checkpoints) if epoch is None else int(epoch)
         if epoch not in self.checkpoints:
             raise ValueError(f"no checkpoint at epoch {epoch}; available: {sorted(self.checkpoints)}")
-        model = model_from_profile(TrainSizes(**self.config["train"]))
-        load_checkpoint(self.checkpoints[epoch], model)
+        recipe = TrainSizes(**self.config["train"])
+        model = model_from_profile(recipe)
+        load_checkpoint(self.checkpoints[epoch], model, cfg=recipe)
         return model.to(device).eval()
 
     def to_record(self) -> dict[str, Any]:
@@ -197,7 +202,7 @@ def train_experiment(
     subsets, dev = _validate(profile, data_root, device)
     if checkpoint_dir is None and store is not None:
         checkpoint_dir = store.path(config) / "checkpoints"
-    torch.manual_seed(seed)
+    torch.manual_seed(derive_seed(seed, "init"))
     model = model_from_profile(profile)
     fitted = fit(model, subsets.train, profile.train, test=subsets.test, seed=seed, device=dev,
                  checkpoint_dir=checkpoint_dir, resume=resume and not recompute, quiet=quiet, on_step=on_step)

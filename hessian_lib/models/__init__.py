@@ -10,6 +10,8 @@ Names (:data:`MODEL_NAMES`) and the knobs each accepts:
 * ``vgg16``, ``vgg16_bn``: ``width`` (channel multiplier), ``depth`` (11, 13, 16, 19), ``dropout`` (0.5)
 * ``wideresnet28`` (alias ``wrn28_10``): ``widen_factor`` (k, default 10), ``depth`` (6n+4, default 28),
   ``width``, ``dropout`` (0.0)
+* ``fastcnn``: a small VGG-style BatchNorm network for the cpu profile (not the paper's; see
+  :mod:`hessian_lib.models.fastcnn`): ``width``, ``dropout`` (0.0)
 * ``preresnet110``, ``preresnet164``: ``depth`` (default from the name; 9n+2 for bottleneck blocks,
   so 11, 20, 29, ... are small versions), ``width``, ``bottleneck`` (default True: both are
   bottleneck networks in the authors' lineage; ``bottleneck=False`` with depth 6n+2 gives
@@ -24,11 +26,12 @@ from typing import Any, Callable
 
 from torch import nn
 
+from hessian_lib.models.fastcnn import FastCNN
 from hessian_lib.models.preresnet import PreResNet
 from hessian_lib.models.vgg import VGG
 from hessian_lib.models.wideresnet import WideResNet
 
-__all__ = ["MODEL_NAMES", "PreResNet", "VGG", "WideResNet", "build_model", "canonical_name", "count_parameters"]
+__all__ = ["FastCNN", "MODEL_NAMES", "PreResNet", "VGG", "WideResNet", "build_model", "canonical_name", "count_parameters"]
 
 
 def _vgg(bn: bool) -> Callable[..., nn.Module]:
@@ -55,6 +58,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "wideresnet28": _wrn,
     "preresnet110": _preresnet(110),
     "preresnet164": _preresnet(164),
+    "fastcnn": FastCNN,
 }
 _ALIASES = {"wrn28_10": "wideresnet28", "wrn28": "wideresnet28", "vgg16bn": "vgg16_bn"}
 
