@@ -5,24 +5,31 @@
 2. Copy the book sources (``_config.yml``, ``_toc.yml``, ``book/``) into a
    staging folder, so ``book/`` itself stays clean.
 3. Run each chapter notebook with papermill, injecting the parameters
-   ``profile``, ``overrides``, ``seed``, ``data_root``, ``device`` and
-   ``results_dir`` (a results store shared by the chapters, kept between runs); the
-   injected cell is tagged ``remove-cell`` so the rendered page hides it.
+   ``profile``, ``overrides``, ``seed``, ``data_root``, ``device``,
+   ``results_dir`` (a results store shared by the chapters, kept between runs) and
+   ``build_id`` (unique to this build: chapters write their verdicts under it and the
+   scoreboard reads exactly this build's); the injected cell is tagged ``remove-cell``
+   so the rendered page hides it, and the figures and tables shown with
+   :mod:`hessian_lib.figures` become numbered, captioned figures and tables. The
+   console shows a line per code cell with its time, and each chapter's time.
    A failing chapter raises :class:`ChapterError` naming the chapter and cell.
-4. Build the staging copy with Jupyter Book (it does not execute again) and
-   copy the HTML to ``<build_dir>/html``.
+4. Write the "About this build" page (:mod:`hessian_lib.provenance`), build the
+   staging copy with Jupyter Book (it does not execute again) and copy the HTML
+   to ``<build_dir>/html``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -30,9 +37,19 @@ from hessian_lib.data import check_data_root
 from hessian_lib.device import resolve_device
 from hessian_lib.profiles import load_profile
 
-__all__ = ["ChapterError", "BookError", "list_chapters", "execute_chapter", "run_book", "project_root"]
+__all__ = ["ChapterError", "BookError", "list_chapters", "execute_chapter", "run_book", "project_root",
+           "new_build_id"]
 
 STATIC_DIR_NAME = "_vendor_static"
+#: Files at the repository root that the book build needs besides ``book/``.
+ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
+#: The generated "About this build" page, relative to the staging root (no suffix).
+ABOUT_PAGE = "book/about"
+
+
+def new_build_id() -> str:
+    """A build identifier unique to one run of the pipeline: UTC time plus a short random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 class BookError(RuntimeError):
@@ -55,7 +72,8 @@ class ChapterError(RuntimeError):
 
 def project_root() -> Path:
     """The folder holding ``_config.yml``, ``_toc.yml`` and ``book/`` (the repository root)."""
-    candidates = [Path.cwd(), Path(__file__).resolve().parent.parent]
+    # The working directory, its parent (a chapter runs inside book/), then the package's checkout.
+    candidates = [Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parent.parent]
     for folder in candidates:
         if (folder / "_toc.yml").exists() and (folder / "book").is_dir():
             return folder
@@ -108,6 +126,43 @@ def _hide_injected_parameters(notebook_path: Path) -> None:
     nbformat.write(nb, notebook_path)
 
 
+_ENGINE = "hessian_lib"
+
+
+def _register_progress_engine() -> None:
+    """A papermill engine that reports each finished code cell through ``on_cell`` (a keyword argument)."""
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    if _ENGINE in papermill_engines._engines:
+        return
+
+    class Manager(NotebookExecutionManager):
+        on_cell: Callable[[int, int, float], None] | None = None
+
+        def cell_complete(self, cell, cell_index=None, **kwargs):
+            super().cell_complete(cell, cell_index=cell_index, **kwargs)
+            if self.on_cell is not None and cell.cell_type == "code":
+                code = [i for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
+                self.on_cell(code.index(cell_index) + 1, len(code), cell.metadata.papermill.get("duration") or 0.0)
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, on_cell=None, **kwargs):
+            manager = Manager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                              autosave_cell_every=autosave_cell_every)
+            manager.on_cell = on_cell
+            manager.notebook_start()
+            try:
+                cls.execute_managed_notebook(manager, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                manager.cleanup_pbar()
+                manager.notebook_complete()
+            return manager.nb
+
+    papermill_engines.register(_ENGINE, Engine)
+
+
 def execute_chapter(
     source: Path,
     output: Path,
@@ -115,16 +170,22 @@ def execute_chapter(
     *,
     progress_bar: bool = False,
     cell_timeout: float | None = None,
+    on_cell: Callable[[int, int, float], None] | None = None,
 ) -> float:
     """Run one chapter notebook with papermill into ``output``; return seconds taken.
 
-    ``cell_timeout``: seconds any one cell may run (None: no limit). Raises :class:`ChapterError`
-    with the chapter name, failing cell and error (a timeout included).
+    ``cell_timeout``: seconds any one cell may run (None: no limit). ``on_cell(k, n, seconds)`` is called
+    as the k-th of n code cells finishes. Afterwards the injected parameters are hidden and the figures
+    and tables shown with :mod:`hessian_lib.figures` numbered. Raises :class:`ChapterError` with the
+    chapter name, failing cell and error (a timeout included).
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
+    from hessian_lib.figures import number_figures
+
+    _register_progress_engine()
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
@@ -132,11 +193,13 @@ def execute_chapter(
             str(source),
             str(output),
             parameters=dict(parameters),
+            engine_name=_ENGINE,
             kernel_name="python3",
             cwd=str(output.parent),
             progress_bar=progress_bar,
             log_output=False,
             execution_timeout=cell_timeout,
+            on_cell=on_cell,
         )
     except PapermillExecutionError as err:
         raise ChapterError(source.stem, err.cell_index, err.ename, err.evalue, err.source or "", output) from None
@@ -146,14 +209,19 @@ def execute_chapter(
     finally:
         if output.exists():
             _hide_injected_parameters(output)
+    try:
+        number_figures(str(output))
+    except ValueError as err:
+        raise BookError(f"chapter {source.stem}: {err}") from None
     return time.perf_counter() - start
 
 
 def _stage_sources(root: Path, staging: Path, keep_notebooks: set[str]) -> None:
     """Copy the book sources into ``staging``; keep previously executed notebooks named in ``keep_notebooks``."""
     staging.mkdir(parents=True, exist_ok=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(root / name, staging / name)
+    for name in ROOT_FILES:
+        if (root / name).exists():
+            shutil.copy2(root / name, staging / name)
     for src in (root / "book").rglob("*"):
         if src.is_dir() or "__pycache__" in src.parts or ".ipynb_checkpoints" in src.parts:
             continue
@@ -200,10 +268,16 @@ def run_book(
     build_dir: str | os.PathLike = "_build",
     build: bool = True,
     cell_timeout: float | None = None,
+    build_id: str | None = None,
     log=None,
 ) -> Path | None:
-    """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built)."""
+    """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built).
+
+    ``build_id`` (default: a new :func:`new_build_id`) is injected into every chapter; the verdicts
+    they write and the scoreboard reads carry it.
+    """
     log = log or (lambda message: print(message, flush=True))
+    build_id = build_id or new_build_id()
     # 1. Cheap validation, before any chapter runs.
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -221,7 +295,7 @@ def run_book(
     from hessian_lib.vendor import install_static_assets
 
     log(f"Profile {resolved_profile.name!r}: {resolved_profile.description}")
-    log(f"Data root {data_path}; device {resolved_device}; seed {seed}")
+    log(f"Data root {data_path}; device {resolved_device}; seed {seed}; build {build_id}")
     keep = set(all_chapters) - set(selected)
     _stage_sources(root, staging, keep_notebooks=keep)
     install_static_assets(staging / STATIC_DIR_NAME, cache_dir=root / ".vendor")
@@ -233,6 +307,7 @@ def run_book(
         "data_root": str(data_path),
         "device": str(resolved_device),
         "results_dir": str(build_path / "results"),
+        "build_id": build_id,
         # Live (kernel-driven) widgets are for readers running the notebook; a build has no reader,
         # and nbclient can stall on their Output-widget traffic.
         "live_widgets": False,
@@ -247,18 +322,35 @@ def run_book(
         log(f"[{i}/{len(selected)}] {chapter} ...")
         source = root / f"{chapter}.ipynb"
         output = staging / f"{chapter}.ipynb"
-        seconds = execute_chapter(source, output, parameters, progress_bar=sys.stderr.isatty(),
-                                  cell_timeout=cell_timeout)
+        chapter_start = time.perf_counter()
+
+        def on_cell(k: int, n: int, seconds: float, chapter=chapter, chapter_start=chapter_start) -> None:
+            log(f"    {_chapter_name(chapter)}: cell {k}/{n} took {seconds:.1f} s "
+                f"({time.perf_counter() - chapter_start:.0f} s so far)")
+
+        seconds = execute_chapter(source, output, parameters, cell_timeout=cell_timeout, on_cell=on_cell)
         timings[chapter] = round(seconds, 1)
         tmp = timings_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(timings, indent=2))
         tmp.replace(timings_file)
         log(f"[{i}/{len(selected)}] {chapter} done in {seconds:.1f} s")
-    log(f"Executed {len(selected)} chapter(s) in {time.perf_counter() - total_start:.1f} s")
+    log(f"Executed {len(selected)} chapter(s) in {time.perf_counter() - total_start:.1f} s:")
+    for chapter in all_chapters:
+        if chapter in timings:
+            note = "" if chapter in selected else " (kept from an earlier run)"
+            log(f"    {_chapter_name(chapter):<24} {timings[chapter]:8.1f} s{note}")
     if not build:
         return None
     # 3. Build.
+    from hessian_lib.provenance import write_about_page
+
     start = time.perf_counter()
+    write_about_page(
+        staging, ABOUT_PAGE, root=root, profile=resolved_profile, overrides=dict(overrides or {}), seed=seed,
+        device=str(resolved_device), data_root=data_path, build_id=build_id,
+        timings={c: timings[c] for c in all_chapters if c in timings}, rerun=set(selected),
+        checksum_cache=build_path / "data-checksums.json",
+    )
     html = build_html(staging, build_path / "html")
     log(f"Built the HTML in {time.perf_counter() - start:.1f} s")
     return html
