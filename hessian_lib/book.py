@@ -137,13 +137,14 @@ def _register_progress_engine() -> None:
         return
 
     class Manager(NotebookExecutionManager):
-        on_cell: Callable[[int, int, float], None] | None = None
+        on_cell: Callable[[int, int, int, float], None] | None = None
 
         def cell_complete(self, cell, cell_index=None, **kwargs):
             super().cell_complete(cell, cell_index=cell_index, **kwargs)
             if self.on_cell is not None and cell.cell_type == "code":
                 code = [i for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
-                self.on_cell(code.index(cell_index) + 1, len(code), cell.metadata.papermill.get("duration") or 0.0)
+                self.on_cell(cell_index, code.index(cell_index) + 1, len(code),
+                             cell.metadata.papermill.get("duration") or 0.0)
 
     class Engine(NBClientEngine):
         @classmethod
@@ -170,12 +171,12 @@ def execute_chapter(
     *,
     progress_bar: bool = False,
     cell_timeout: float | None = None,
-    on_cell: Callable[[int, int, float], None] | None = None,
+    on_cell: Callable[[int, int, int, float], None] | None = None,
 ) -> float:
     """Run one chapter notebook with papermill into ``output``; return seconds taken.
 
-    ``cell_timeout``: seconds any one cell may run (None: no limit). ``on_cell(k, n, seconds)`` is called
-    as the k-th of n code cells finishes. Afterwards the injected parameters are hidden and the figures
+    ``cell_timeout``: seconds any one cell may run (None: no limit). ``on_cell(index, k, n, seconds)`` is
+    called as cell ``index`` (the k-th of n code cells) finishes. Afterwards the injected parameters are hidden and the figures
     and tables shown with :mod:`hessian_lib.figures` numbered. Raises :class:`ChapterError` with the
     chapter name, failing cell and error (a timeout included).
     """
@@ -324,9 +325,9 @@ def run_book(
         output = staging / f"{chapter}.ipynb"
         chapter_start = time.perf_counter()
 
-        def on_cell(k: int, n: int, seconds: float, chapter=chapter, chapter_start=chapter_start) -> None:
-            log(f"    {_chapter_name(chapter)}: cell {k}/{n} took {seconds:.1f} s "
-                f"({time.perf_counter() - chapter_start:.0f} s so far)")
+        def on_cell(index: int, k: int, n: int, seconds: float, chapter=chapter, start=chapter_start) -> None:
+            log(f"    {_chapter_name(chapter)}: cell {index} (code cell {k} of {n}) took {seconds:.1f} s, "
+                f"{time.perf_counter() - start:.0f} s so far")
 
         seconds = execute_chapter(source, output, parameters, cell_timeout=cell_timeout, on_cell=on_cell)
         timings[chapter] = round(seconds, 1)

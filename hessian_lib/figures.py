@@ -9,7 +9,8 @@ A chapter shows a figure or a table with one call, naming it and writing its cap
     show_figure(fig, "theory-bbp", "The BBP transition: simulated extremes against the formula.")
     show_table(table.style.format(precision=3).hide(axis="index"), "theory-mp", "Spiked Marchenko-Pastur.")
 
-and the prose refers to it by number with ``{numref}`theory-bbp``` (rendered "Figure 2", a link).
+and the prose refers to it by number with ``{numref}`theory-bbp``` (rendered "Figure 2", a link); Markdown
+that a code cell displays does the same with :func:`numref`.
 
 How it works. In a live notebook both calls display the figure or table with a caption line, so a reader
 running the notebook sees them in place. Each display also carries a marker in its output metadata
@@ -32,7 +33,7 @@ from typing import Any
 
 import nbformat
 
-__all__ = ["MARKER", "show_figure", "show_table", "table_markdown", "number_figures"]
+__all__ = ["MARKER", "numref", "show_figure", "show_table", "table_directive", "table_markdown", "number_figures"]
 
 #: Key of the output metadata that marks a figure, a table, or the caption line shown in live notebooks.
 MARKER = "hessian_lib"
@@ -40,7 +41,8 @@ MARKER = "hessian_lib"
 GLUE_PREFIX = "application/papermill.record/"
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _SKIP_TAGS = {"remove-cell", "remove-output"}
-_numbers: dict[str, int] = {}
+#: Source of the cell that carries the outputs displayed after a figure or table (its input is hidden).
+CONTINUED = "# (the outputs of the cell above, continued)"
 
 
 def _check(name: str, caption: str) -> None:
@@ -52,25 +54,43 @@ def _check(name: str, caption: str) -> None:
 
 
 def _caption_line(kind: str, name: str, caption: str) -> None:
+    """The caption as a live notebook shows it (the book numbers it instead)."""
     from IPython.display import Markdown, display
 
-    number = _numbers.setdefault(name, len(_numbers) + 1)
-    display(Markdown(f"*{kind.capitalize()} {number}: {caption}*"), metadata={MARKER: {"caption_of": name}})
+    display(Markdown(f"*{kind.capitalize()} `{name}`: {caption}*"), metadata={MARKER: {"caption_of": name}})
+
+
+def numref(name: str) -> str:
+    """A reference to figure or table ``name`` for Markdown that a code cell displays ("Figure 2", a link).
+
+    The book renders Markdown outputs as MyST (``nb_render_markdown_format: myst`` in ``_config.yml``),
+    so prose formatted from a run's numbers can refer to figures like the chapter's own text does.
+    """
+    _check(name, "-")
+    return f"{{numref}}`{name}`"
 
 
 def show_figure(fig: Any, name: str, caption: str) -> None:
-    """Display the matplotlib figure ``fig`` as a numbered figure with ``caption`` (then close it)."""
+    """Display ``fig`` as a numbered figure with ``caption``.
+
+    ``fig``: a matplotlib figure (saved as PNG, then closed) or any displayable object, such as the
+    widget of :func:`hessian_lib.widgets.frame_explorer` (an interactive figure).
+    """
     import io
 
-    import matplotlib.pyplot as plt
     from IPython.display import Image, display
 
     _check(name, caption)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    display(Image(data=buffer.getvalue(), format="png"),
-            metadata={MARKER: {"kind": "figure", "name": name, "caption": caption}})
+    marker = {MARKER: {"kind": "figure", "name": name, "caption": caption}}
+    if hasattr(fig, "savefig"):
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        plt.close(fig)
+        display(Image(data=buffer.getvalue(), format="png"), metadata=marker)
+    else:
+        display(fig, metadata=marker)
     _caption_line("figure", name, caption)
 
 
@@ -131,18 +151,24 @@ def show_table(table: Any, name: str, caption: str, *, markup_columns: tuple[str
     _caption_line("table", name, caption)
 
 
+def table_directive(markdown: str, name: str, caption: str) -> str:
+    """A numbered MyST ``{table}`` (a colon fence, so the caption may hold backticks) around a pipe table."""
+    return f"::::{{table}} {' '.join(caption.split())}\n:name: {name}\n\n{markdown}\n::::"
+
+
 def _directive(record: dict) -> str:
-    caption = " ".join(record["caption"].split())
     if record["kind"] == "figure":
-        return f"````{{glue:figure}} {record['name']}\n:name: {record['name']}\n\n{caption}\n````"
-    return f"````{{table}} {caption}\n:name: {record['name']}\n\n{record['markdown']}\n````"
+        caption = " ".join(record["caption"].split())
+        return f"::::{{glue:figure}} {record['name']}\n:name: {record['name']}\n\n{caption}\n::::"
+    return table_directive(record["markdown"], record["name"], record["caption"])
 
 
 def number_figures(path: str) -> list[str]:
     """Rewrite the marked outputs of an executed notebook into numbered figures and tables (in place).
 
     Returns the names found, in order. Raises ValueError on a name used twice in the notebook. Cells
-    tagged ``remove-cell`` or ``remove-output`` are left alone.
+    tagged ``remove-cell`` or ``remove-output`` are left alone. Outputs keep their order: the outputs
+    after a figure or table move to a code cell after it (source :data:`CONTINUED`, tagged ``remove-input``).
     """
     nb = nbformat.read(path, as_version=4)
     cells, names = [], []
@@ -150,26 +176,35 @@ def number_figures(path: str) -> list[str]:
         cells.append(cell)
         if cell.cell_type != "code" or _SKIP_TAGS & set(cell.metadata.get("tags", [])):
             continue
-        outputs, directives = [], []
+        segments: list[tuple[list, str | None]] = [([], None)]  # (outputs, directive that follows them)
         for output in cell.get("outputs", []):
             record = output.get("metadata", {}).get(MARKER)
             if record is None:
-                outputs.append(output)
+                segments[-1][0].append(output)
                 continue
             if "caption_of" in record:
                 continue
             if record["name"] in names:
                 raise ValueError(f"{path}: the figure/table name {record['name']!r} is used twice")
             names.append(record["name"])
-            directives.append(_directive(record))
             if record["kind"] == "figure":
                 output["data"] = {GLUE_PREFIX + k: v for k, v in output["data"].items()}
                 output["metadata"] = {**output["metadata"], "scrapbook": {"name": record["name"],
                                                                           "mime_prefix": GLUE_PREFIX}}
-                outputs.append(output)
-        if directives:
-            cell.outputs = outputs
-            cells.extend(nbformat.v4.new_markdown_cell(d) for d in directives)
+                segments[-1][0].append(output)
+            segments[-1] = (segments[-1][0], _directive(record))
+            segments.append(([], None))
+        if len(segments) == 1:
+            continue
+        cell.outputs = segments[0][0]
+        for i, (outputs, directive) in enumerate(segments):
+            if i > 0 and outputs:
+                rest = nbformat.v4.new_code_cell(CONTINUED)  # a cell without source would be skipped
+                rest.metadata["tags"] = ["remove-input"]
+                rest.outputs = outputs
+                cells.append(rest)
+            if directive:
+                cells.append(nbformat.v4.new_markdown_cell(directive))
     nb.cells = cells
     nbformat.write(nb, path)
     return names

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import pandas as pd
 import yaml
 
-from hessian_lib.figures import table_markdown
+from hessian_lib.figures import table_directive, table_markdown
 
 __all__ = ["data_checksums", "git_commit", "write_about_page"]
 
@@ -102,7 +102,7 @@ def _versions(device: str) -> dict[str, str]:
 
 def _table(rows: list[tuple[str, Any]], columns: tuple[str, str], caption: str, name: str) -> str:
     frame = pd.DataFrame([(k, str(v)) for k, v in rows], columns=list(columns))
-    return f"````{{table}} {caption}\n:name: {name}\n\n{table_markdown(frame)}\n````\n"
+    return table_directive(table_markdown(frame), name, caption) + "\n"
 
 
 def _sizes(profile: Any, overrides: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -23,6 +23,9 @@ from typing import Any, Mapping
 from hessian_lib.store import ResultsStore
 
 __all__ = [
+    "CLAIM2_TOLERANCE",
+    "CLAIM2_WINDOW",
+    "CLAIM_CHAPTERS",
     "CLAIMS",
     "DOES_NOT_HOLD",
     "HOLDS",
@@ -30,9 +33,14 @@ __all__ = [
     "NO_CHAPTER",
     "PARTLY",
     "VERDICT_WORDS",
+    "ScoreboardRow",
     "Verdict",
+    "claim2_verdict",
+    "formula_reproduced",
+    "in_threshold_window",
     "load_verdicts",
     "record_verdict",
+    "scoreboard",
     "verdict_config",
 ]
 
@@ -55,6 +63,10 @@ CLAIMS: dict[int, str] = {
     5: "The largest stable Adam learning rate grows as the square root of B.",
     6: "The SLQ learner picks a sensible learning rate and momentum and trains competitively.",
 }
+
+#: The chapter (notebook name) that tests each claim; a claim whose chapter is not in the book shows NO_CHAPTER.
+CLAIM_CHAPTERS: dict[int, str] = {1: "02_spectra", 2: "01_theory", 3: "02_spectra", 4: "03_scaling",
+                                  5: "03_scaling", 6: "04_learner"}
 
 
 @dataclass(frozen=True)
@@ -120,3 +132,79 @@ def load_verdicts(store: ResultsStore | str, *, build_id: str, profile: str, see
                                numbers=dict(record.get("numbers", {})), scale=record.get("scale", ""),
                                evidence=record.get("evidence", ""))
     return found
+
+
+# --- Claim 2: the BBP transition and the outlier formulas (Theory chapter) -------------------------
+
+#: A formula counts as reproduced when every simulated extreme eigenvalue lies within this relative
+#: error of its prediction (strictly below it) ...
+CLAIM2_TOLERANCE = 0.05
+#: ... leaving out the finite-P window around the BBP threshold, CLAIM2_WINDOW[0] < s/theta < CLAIM2_WINDOW[1]
+#: (open interval), where P^(-1/3) corrections dominate.
+CLAIM2_WINDOW: tuple[float, float] = (0.7, 1.4)
+
+
+def in_threshold_window(ratio: Any) -> Any:
+    """Whether s/theta lies inside the open window :data:`CLAIM2_WINDOW` (works elementwise on arrays)."""
+    low, high = CLAIM2_WINDOW
+    return (ratio > low) & (ratio < high)
+
+
+def formula_reproduced(max_error: float) -> bool:
+    """A formula is reproduced when its largest relative error is below :data:`CLAIM2_TOLERANCE` (NaN is not)."""
+    return bool(max_error < CLAIM2_TOLERANCE)
+
+
+def claim2_verdict(max_errors: Mapping[str, float]) -> str:
+    """Claim 2 from the largest relative error of each formula check (outside the threshold window).
+
+    :data:`HOLDS` when every formula is reproduced, :data:`PARTLY` when some but not all are,
+    :data:`DOES_NOT_HOLD` when none is.
+    """
+    if not max_errors:
+        raise ValueError("claim 2 needs at least one formula check")
+    reproduced = [formula_reproduced(e) for e in max_errors.values()]
+    return HOLDS if all(reproduced) else PARTLY if any(reproduced) else DOES_NOT_HOLD
+
+
+# --- The scoreboard --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreboardRow:
+    """One claim on the scoreboard: ``verdict`` is a verdict word, :data:`NOT_RUN` or :data:`NO_CHAPTER`;
+    ``evidence`` is a link relative to the chapters' folder (``01_theory.html#anchor``), empty if none."""
+
+    claim: int
+    statement: str
+    verdict: str
+    numbers: str
+    scale: str
+    evidence: str
+
+
+def _chapter_link(evidence: str) -> str:
+    return evidence.removeprefix("/").removeprefix("book/")
+
+
+def scoreboard(store: ResultsStore | str, *, build_id: str, profile: str, seed: int = 0,
+               chapters: Any = ()) -> list[ScoreboardRow]:
+    """A row per claim, from the verdicts build ``build_id`` wrote; nothing is recomputed.
+
+    ``chapters``: the chapter names in the book (``01_theory``, ...). A claim whose chapter is not
+    among them shows :data:`NO_CHAPTER`; one whose chapter wrote no verdict in this build, :data:`NOT_RUN`.
+    """
+    present = {str(c).rsplit("/", 1)[-1] for c in chapters}
+    found = load_verdicts(store, build_id=build_id, profile=profile, seed=seed)
+    rows = []
+    for claim, statement in CLAIMS.items():
+        chapter = CLAIM_CHAPTERS[claim]
+        if chapter not in present:
+            rows.append(ScoreboardRow(claim, statement, NO_CHAPTER, "", "", ""))
+        elif claim not in found:
+            rows.append(ScoreboardRow(claim, statement, NOT_RUN, "", "", f"{chapter}.html"))
+        else:
+            v = found[claim]
+            rows.append(ScoreboardRow(claim, statement, v.verdict, v.summary, v.scale,
+                                      _chapter_link(v.evidence) or f"{chapter}.html"))
+    return rows

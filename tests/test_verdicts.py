@@ -28,3 +28,73 @@ def test_bad_verdicts_are_refused(claim, word):
 
 def test_six_claims():
     assert sorted(CLAIMS) == [1, 2, 3, 4, 5, 6]
+
+
+# --- Claim 2 (Theory chapter): the rule at its boundaries, on synthetic numbers ----------------------
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from hessian_lib.experiments.theory import claim2_checks  # noqa: E402
+from hessian_lib.verdicts import (  # noqa: E402
+    CLAIM2_TOLERANCE, CLAIM2_WINDOW, DOES_NOT_HOLD, NO_CHAPTER, NOT_RUN, claim2_verdict, formula_reproduced,
+    in_threshold_window, scoreboard,
+)
+
+
+def test_claim2_tolerance_is_strict():
+    assert formula_reproduced(math.nextafter(CLAIM2_TOLERANCE, 0.0))
+    assert not formula_reproduced(CLAIM2_TOLERANCE)
+    assert not formula_reproduced(float("nan"))
+
+
+def test_claim2_window_is_open():
+    low, high = CLAIM2_WINDOW
+    ratios = np.array([low, math.nextafter(low, 2.0), 1.0, math.nextafter(high, 0.0), high])
+    assert in_threshold_window(ratios).tolist() == [False, True, True, True, False]
+
+
+@pytest.mark.parametrize("errors, word", [
+    ({"a": 0.01, "b": 0.049}, HOLDS),
+    ({"a": 0.01, "b": CLAIM2_TOLERANCE}, PARTLY),
+    ({"a": 0.06, "b": float("nan")}, DOES_NOT_HOLD),
+])
+def test_claim2_verdict_levels(errors, word):
+    assert claim2_verdict(errors) == word
+
+
+def test_claim2_verdict_needs_a_check():
+    with pytest.raises(ValueError):
+        claim2_verdict({})
+
+
+def test_claim2_checks_leave_out_the_threshold_window():
+    low, high = CLAIM2_WINDOW
+    wigner = pd.DataFrame({"top rel. error": [0.01, 0.02], "bottom rel. error": [0.03, 0.0]})
+    # three sweep points: on the window's lower edge (counts), inside it (does not), above it (counts)
+    bbp = pd.DataFrame({"s/theta": [low, 1.0, high], "top predicted": [2.0, 2.0, 2.0],
+                        "top measured": [2.02, 3.0, 2.0], "bottom predicted": [-2.0, -2.0, -2.0],
+                        "bottom measured": [-2.0, -2.0, -2.08]})
+    mp = pd.DataFrame({"top rel. error": [0.2, 0.01]})
+    checks = claim2_checks(wigner, bbp, mp).set_index("check")
+    assert checks["largest relative error"].tolist() == pytest.approx([0.03, 0.04, 0.5, 0.2])
+    assert checks["counts"].tolist() == [True, True, False, True]
+    assert checks["reproduced"].tolist() == ["yes", "yes", "(not counted)", "no"]
+
+
+# --- The scoreboard: this build's verdicts, "not run" and "no chapter yet" --------------------------
+
+def test_scoreboard_reads_only_this_build(tmp_path):
+    store = ResultsStore(tmp_path)
+    record_verdict(store, Verdict(claim=2, verdict=HOLDS, summary="3 of 3", scale="P = 800",
+                                  evidence="book/01_theory.html#theory-verdict"), build_id="b1", profile="cpu")
+    record_verdict(store, Verdict(claim=1, verdict=PARTLY, summary="old"), build_id="b0", profile="cpu")
+    rows = scoreboard(store, build_id="b1", profile="cpu", chapters=["book/01_theory", "02_spectra", "scoreboard"])
+    assert [r.claim for r in rows] == [1, 2, 3, 4, 5, 6]
+    words = {r.claim: r.verdict for r in rows}
+    assert words == {1: NOT_RUN, 2: HOLDS, 3: NOT_RUN, 4: NO_CHAPTER, 5: NO_CHAPTER, 6: NO_CHAPTER}
+    assert rows[1].evidence == "01_theory.html#theory-verdict" and rows[1].numbers == "3 of 3"
+    assert rows[0].evidence == "02_spectra.html" and rows[3].evidence == ""
+    assert scoreboard(store, build_id="b2", profile="cpu", chapters=["01_theory"])[1].verdict == NOT_RUN
