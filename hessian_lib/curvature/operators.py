@@ -3,30 +3,42 @@ r"""Curvature matrices of a network's loss as matrix-free linear operators.
 Every operator here is a symmetric :math:`P \times P` matrix, :math:`P` the number of
 selected parameters, that is only ever touched through products :math:`v \mapsto A v`.
 The base class :class:`CurvatureOperator` owns everything that is not specific to one
-matrix: the loop over batches and their weighting, the BatchNorm mode, the checks,
-the per-batch cache of autograd graphs and the reduction across processes. A subclass
-only says how to build per-batch state and how to multiply with it on one batch.
+matrix: the loss and its reduction, the loop over batches and their weighting, the
+BatchNorm mode, the checks, the per-batch cache of autograd graphs and the reduction across
+processes. A subclass only says how to build per-batch state and how to multiply with it on
+one batch.
 
-For a dataset split into batches :math:`b` of sizes :math:`n_b` (:math:`N = \sum_b n_b`)
-and a loss that is the mean over the samples of a batch,
+The matrix is the curvature of exactly the loss the user wrote, taken over the whole
+dataset. For batches :math:`b` whose batch loss is :math:`L_b` with curvature :math:`A_b`:
 
-.. math::
+* ``reduction="sum"``: :math:`L = \sum_b L_b`, the sum over every sample of every batch, so
+  :math:`A v = \sum_b A_b v + \lambda_{\mathrm{wd}} v`.
+* ``reduction="mean"``: :math:`L_b = S_b / D_b`, a summed loss :math:`S_b` over what the loss
+  divides by, :math:`D_b` (see :meth:`LossInfo.denominator`: the samples, the output entries
+  for ``MSELoss`` and ``BCEWithLogitsLoss``, the summed class weights of the counted targets
+  for a weighted cross-entropy). Over the dataset :math:`L = \sum_b S_b / D` with
+  :math:`D = \sum_b D_b`, so
 
-    A v = \sum_b \frac{n_b}{N} A_b v + \lambda_{\mathrm{wd}} v,
+  .. math::
 
-where :math:`A_b` is the curvature of the batch loss :math:`L_b = \frac{1}{n_b}\sum_{i\in b}
-\ell_i`. With every sample once, :math:`A` is the curvature of the empirical loss
-:math:`L_{\mathrm{emp}} = \frac1N \sum_i \ell_i` (plus :math:`\frac{\lambda_{\mathrm{wd}}}{2}
-\lVert w \rVert^2`), whatever the batching, as long as BatchNorm uses its running
-statistics (``bn_mode="eval"``).
+      A v = \sum_b \frac{D_b}{D} A_b v + \lambda_{\mathrm{wd}} v.
+
+  Usually :math:`D_b / D = n_b / N`, batches weighted by their size.
+
+With every sample once, :math:`A` is the curvature of the empirical loss (plus
+:math:`\frac{\lambda_{\mathrm{wd}}}{2} \lVert w \rVert^2`) whatever the batching, as long as
+BatchNorm uses its running statistics (``bn_mode="eval"``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,16 +50,22 @@ with warnings.catch_warnings():
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, jvp, vmap
+from torch.nn import functional as F
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "BN_MODES",
+    "GGN_LOSSES",
+    "REDUCTIONS",
+    "SUPPORTED_LOSSES",
     "CurvatureOperator",
     "GGNOperator",
     "HessianOperator",
+    "LossInfo",
     "batch_operator",
     "batchnorm_mode",
+    "resolve_loss",
 ]
 
 #: Default memory budget (bytes) for autograd graphs kept between products.
@@ -55,6 +73,21 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 #: Accepted values of ``bn_mode``.
 BN_MODES = ("eval", "train")
+
+#: Accepted loss reductions (``"none"`` has no scalar loss to take the curvature of).
+REDUCTIONS = ("mean", "sum")
+
+#: The losses checked against curvlinops: name -> (torch.nn module, its functional form).
+SUPPORTED_LOSSES: dict[str, tuple[type[nn.Module], Callable[..., Tensor]]] = {
+    "CrossEntropyLoss": (nn.CrossEntropyLoss, F.cross_entropy),
+    "MSELoss": (nn.MSELoss, F.mse_loss),
+    "BCEWithLogitsLoss": (nn.BCEWithLogitsLoss, F.binary_cross_entropy_with_logits),
+    "NLLLoss": (nn.NLLLoss, F.nll_loss),
+}
+
+#: Losses whose Hessian in the network output the GGN uses (``NLLLoss`` is linear in its
+#: input, so its output Hessian and its GGN are zero).
+GGN_LOSSES = ("CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss")
 
 Batch = tuple[Any, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -123,20 +156,195 @@ def _dist_active(distributed: bool | None) -> bool:
     return distributed
 
 
+# ------------------------------------------------------------------ losses
+def _unwrap(loss_fn: Any) -> tuple[Any, dict[str, Any]]:
+    """``functools.partial(f, **kw)`` -> ``(f, kw)``; anything else -> ``(loss_fn, {})``."""
+    if isinstance(loss_fn, functools.partial):
+        inner, kw = _unwrap(loss_fn.func)
+        return inner, {**kw, **loss_fn.keywords}
+    return loss_fn, {}
+
+
+def _loss_name(loss_fn: Any) -> str:
+    """A short name for messages: ``CrossEntropyLoss(reduction='sum')``, ``mse_loss``, ..."""
+    func, kw = _unwrap(loss_fn)
+    if isinstance(func, nn.Module):
+        name = type(func).__name__
+        red = getattr(func, "reduction", None)
+        name = f"{name}(reduction={red!r})" if red is not None else name
+    else:
+        name = getattr(func, "__qualname__", None) or type(func).__name__
+    if kw:
+        name = f"partial({name}, {', '.join(f'{k}={v!r}' for k, v in kw.items())})"
+    return name
+
+
+def _family(loss_fn: Any) -> str | None:
+    """Which of :data:`SUPPORTED_LOSSES` ``loss_fn`` is (module, functional or a partial of it)."""
+    func, _ = _unwrap(loss_fn)
+    for name, (cls, fn) in SUPPORTED_LOSSES.items():
+        if type(func) is cls or func is fn:
+            return name
+    return None
+
+
+def _is_torch_loss(loss_fn: Any) -> bool:
+    """A loss of ``torch.nn`` (module or functional) other than :data:`SUPPORTED_LOSSES`."""
+    func, _ = _unwrap(loss_fn)
+    where = type(func).__module__ if isinstance(func, nn.Module) else getattr(func, "__module__", "")
+    return str(where).startswith("torch.nn")
+
+
+def _option(loss_fn: Any, key: str) -> Any:
+    """``key`` (e.g. ``"reduction"``) as ``loss_fn`` sets it: a module's attribute, a partial's
+    keyword, or the default in the function's signature; ``None`` when it cannot be told."""
+    func, kw = _unwrap(loss_fn)
+    if key in kw:
+        return kw[key]
+    if isinstance(func, nn.Module) or hasattr(func, key):
+        return getattr(func, key, None)
+    try:
+        param = inspect.signature(func).parameters.get(key)
+    except (TypeError, ValueError):
+        return None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _declared_reduction(loss_fn: Any) -> str | None:
+    """The reduction ``loss_fn`` applies, if it says (legacy ``size_average`` / ``reduce`` too)."""
+    _, kw = _unwrap(loss_fn)
+    if "size_average" in kw or "reduce" in kw:
+        return torch.nn._reduction.legacy_get_string(kw.get("size_average"), kw.get("reduce"))
+    red = _option(loss_fn, "reduction")
+    return red if isinstance(red, str) else None
+
+
+def _supported_text(ggn: bool) -> str:
+    names = GGN_LOSSES if ggn else tuple(SUPPORTED_LOSSES)
+    text = (
+        f"supported: {', '.join(names)} (torch.nn modules, their torch.nn.functional forms or "
+        f"functools.partial of them) with reduction 'mean' or 'sum'"
+    )
+    if ggn:
+        return text + ", or your own callable loss_fn(output, target) whose output Hessian autograd gives"
+    return text + ", any other torch.nn loss with reduction 'mean' or 'sum', or a callable loss_fn(output, target)"
+
+
+@dataclass(frozen=True, eq=False)
+class LossInfo:
+    """What an operator knows about its loss.
+
+    Attributes:
+        name: for messages, e.g. ``"CrossEntropyLoss(reduction='sum')"``.
+        family: the key of :data:`SUPPORTED_LOSSES`, or ``None`` for another loss.
+        reduction: ``"mean"`` or ``"sum"``.
+        weight: class weights ``[C]`` of a cross-entropy / NLL loss, else ``None``.
+        ignore_index: the target a cross-entropy / NLL loss skips, else ``None``.
+    """
+
+    name: str
+    family: str | None
+    reduction: str
+    weight: Tensor | None = None
+    ignore_index: int | None = None
+
+    def denominator(self, y: Tensor) -> float:
+        r""":math:`D_b`, what ``reduction="mean"`` divides the summed loss of a batch with
+        targets ``y`` by, as PyTorch computes it.
+
+        * ``CrossEntropyLoss`` / ``NLLLoss`` with class indices ``y [n, *d]``: the targets not
+          equal to ``ignore_index``, each counted with its class weight when there are weights;
+          with class probabilities ``y [n, C, *d]``: :math:`n \prod d`.
+        * ``MSELoss``, ``BCEWithLogitsLoss``: every entry, ``y.numel()`` (targets shaped like
+          the output, e.g. :math:`n C`).
+        * any other loss: the number of samples :math:`n`.
+        """
+        if self.family in ("CrossEntropyLoss", "NLLLoss"):
+            if y.is_floating_point():
+                return float(y.numel() // y.shape[1]) if y.dim() > 1 else 1.0
+            counted = y[y != self.ignore_index] if self.ignore_index is not None else y.reshape(-1)
+            if self.weight is None:
+                return float(counted.numel())
+            return float(self.weight.to(counted.device, torch.float64)[counted].sum())
+        if self.family in ("MSELoss", "BCEWithLogitsLoss"):
+            return float(y.numel())
+        return float(_batch_size((None, y)))
+
+
+def resolve_loss(loss_fn: Any, reduction: str | None = None, *, ggn: bool = False, owner: str = "operator") -> LossInfo:
+    """Check ``loss_fn`` and find its reduction, or raise ``ValueError`` naming the loss and
+    what is supported.
+
+    The reduction is ``reduction`` if given, else what the loss declares: a module's
+    ``reduction`` attribute, a ``functools.partial``'s ``reduction=`` keyword, or the default in
+    a function's signature (``F.cross_entropy``: ``"mean"``). Both given must agree. A
+    callable that declares none (a ``lambda``) needs ``reduction=``.
+
+    Args:
+        loss_fn: ``loss_fn(output, target) -> scalar``.
+        reduction: ``"mean"``, ``"sum"`` or ``None`` (take the loss's own).
+        ggn: the loss is for a GGN, which also needs its Hessian in the network output:
+            :data:`GGN_LOSSES` or a callable of your own, never another ``torch.nn`` loss.
+        owner: the operator's name, for messages.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(output, target), got {type(loss_fn).__name__}")
+    name = _loss_name(loss_fn)
+    declared = _declared_reduction(loss_fn)
+    if reduction is not None and declared is not None and reduction != declared:
+        raise ValueError(f"{owner}: {name} reduces with {declared!r} but reduction={reduction!r} was given")
+    red = reduction if reduction is not None else declared
+    if red is None:
+        raise ValueError(
+            f"{owner}: cannot tell whether {name} sums or averages over a batch; pass "
+            f"reduction='mean' or reduction='sum' ({_supported_text(ggn)})"
+        )
+    if red not in REDUCTIONS:
+        raise ValueError(
+            f"{owner} cannot use {name}: reduction {red!r} gives no scalar loss to take the curvature of; "
+            f"{_supported_text(ggn)}"
+        )
+    family = _family(loss_fn)
+    if ggn and family not in GGN_LOSSES and (family is not None or _is_torch_loss(loss_fn)):
+        why = (
+            "NLLLoss is linear in its input, so its Hessian in the network output and the GGN are zero "
+            "(end the model at the logits and use CrossEntropyLoss)"
+            if family == "NLLLoss"
+            else "its Hessian in the network output is not one the GGN supports"
+        )
+        raise ValueError(f"{owner} cannot use {name}: {why}; {_supported_text(ggn)}")
+    weight = ignore = None
+    if family in ("CrossEntropyLoss", "NLLLoss"):
+        weight, ignore = _option(loss_fn, "weight"), _option(loss_fn, "ignore_index")
+    return LossInfo(name, family, red, None if weight is None else weight.detach(), ignore)
+
+
 class CurvatureOperator:
     r"""Base class: a symmetric curvature matrix :math:`A \in \mathbb{R}^{P\times P}` of a
-    network's loss, averaged over data, available through products.
+    network's loss over data, available through products.
+
+    The matrix is the curvature of the loss the user wrote, over all of ``data``: with
+    ``reduction="sum"`` the sum over every sample of every batch, :math:`A = \sum_b A_b`;
+    with ``reduction="mean"`` the average PyTorch would compute on all the data at once,
+    :math:`A = \sum_b (D_b / D) A_b` (:meth:`LossInfo.denominator`; batches weighted by their
+    size, or by their output entries, or by their summed class weights). See the module
+    docstring.
 
     Args:
         model: the network; its parameters are read, never modified.
-        loss_fn: ``loss_fn(output, target) -> scalar``, the **mean** loss over the batch
-            (e.g. ``torch.nn.CrossEntropyLoss()``). It must be a pure function of its
-            inputs (for the GGN it is differentiated twice with ``torch.func``).
-        data: one batch ``(x, y)`` or an iterable of batches (a list, a ``DataLoader``,...).
-            Over several batches the operator is the exact sample average, batches weighted
-            by their size. An iterable must yield the same batches in the same order on
+        loss_fn: ``loss_fn(output, target) -> scalar`` for one batch, e.g.
+            ``torch.nn.CrossEntropyLoss()`` or ``torch.nn.MSELoss(reduction="sum")``. Checked
+            by :func:`resolve_loss`: :data:`SUPPORTED_LOSSES` (modules, functional forms,
+            partials) with reduction ``"mean"`` or ``"sum"``; other ``torch.nn`` losses and
+            callables for the Hessian; the GGN refuses ``NLLLoss`` and other ``torch.nn``
+            losses. It must be a pure function of its inputs.
+        data: one batch ``(x, y)`` or an iterable of batches (a list, a ``DataLoader``,...),
+            of any sizes. An iterable must yield the same batches in the same order on
             every pass (no shuffling, no augmentation). One-shot iterators are consumed
             into a list.
+        reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` reduces over a batch. Needed only
+            for a callable that does not say (a ``lambda``); otherwise it must match the
+            loss's own (a module's ``reduction``, a partial's keyword, a function's default).
         params: the parameters the matrix is taken over (tensors of ``model`` or their
             names); default all parameters with ``requires_grad``. A subset gives the
             principal sub-matrix, e.g. per-layer spectra.
@@ -163,6 +371,8 @@ class CurvatureOperator:
 
     #: Name of the matrix, used in messages.
     kind: str = "curvature"
+    #: Whether the matrix needs the loss's Hessian in the network output (the GGN does).
+    needs_output_hessian: bool = False
 
     def __init__(
         self,
@@ -176,7 +386,10 @@ class CurvatureOperator:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         check_finite: bool = True,
         distributed: bool | None = None,
+        reduction: str | None = None,
     ) -> None:
+        #: The loss as the operator understands it: name, family, reduction (:class:`LossInfo`).
+        self.loss: LossInfo = resolve_loss(loss_fn, reduction, ggn=self.needs_output_hessian, owner=type(self).__name__)
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         if not math.isfinite(weight_decay):
@@ -224,17 +437,19 @@ class CurvatureOperator:
             self._data = data  # type: ignore[assignment]
         sizes = [_batch_size(b) for b in self._data]
         self.batch_sizes: list[int] = sizes
+        #: Weight of each batch's curvature: :math:`D_b` for a mean loss, 1 for a sum.
+        self.batch_weights: list[float] = [self._weight_of(b, n) for b, n in zip(self._data, sizes)]
         local = sum(sizes)
         self.local_num_samples: int = local
-        total = local
-        if self._distributed:
-            t = torch.tensor([float(local)], dtype=torch.float64, device=self._comm_device())
-            dist.all_reduce(t)
-            total = int(t.item())
+        total, denom = self._all_reduce_sum([float(local), sum(self.batch_weights)])
         if total == 0:
             raise ValueError("the dataset is empty: the curvature needs at least one sample")
         #: :math:`N`, the number of samples over all batches (and processes).
-        self.num_samples: int = total
+        self.num_samples: int = int(total)
+        if self.loss.reduction == "mean" and denom == 0:
+            raise ValueError(f"{self.loss.name} averages over no target of the data (every target ignored?)")
+        #: What the summed products are divided by: :math:`D = \sum_b D_b` (mean) or 1 (sum).
+        self.normaliser: float = denom if self.loss.reduction == "mean" else 1.0
 
         self._cache: dict[int, Any] = {}
         self._cache_sizes: dict[int, int] = {}
@@ -243,6 +458,20 @@ class CurvatureOperator:
         self.num_products: int = 0
 
     # ------------------------------------------------------------------ helpers
+    def _weight_of(self, batch: Batch, n: int) -> float:
+        """The weight of one batch's curvature: :math:`D_b` (mean), 1 (sum), 0 when empty."""
+        if n == 0:
+            return 0.0
+        return self.loss.denominator(batch[1]) if self.loss.reduction == "mean" else 1.0
+
+    def _all_reduce_sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over the processes (unchanged without ``torch.distributed``)."""
+        if not self._distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t)
+        return t.tolist()
+
     def _comm_device(self) -> torch.device:
         if self._distributed and dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
@@ -325,19 +554,19 @@ class CurvatureOperator:
         vs = [self.unflatten(V[j]) for j in range(k)]
         out = torch.zeros(k, self.dim, dtype=self.dtype, device=self.device)
         for i, batch in enumerate(self._data):
-            n = self.batch_sizes[i] if i < len(self.batch_sizes) else _batch_size(batch)
-            if n == 0:
+            c = self.batch_weights[i] if i < len(self.batch_weights) else self._weight_of(batch, _batch_size(batch))
+            if c == 0:
                 continue
             state, cached = self._state_for(i, batch)
             res = self._apply(state, vs, keep=cached)
             del state
             for j, r in enumerate(res):
-                out[j].add_(r, alpha=float(n))
+                out[j].add_(r, alpha=c)
         if self._distributed:
             comm = out.to(self._comm_device())
             dist.all_reduce(comm)
             out = comm.to(self.device)
-        out.div_(self.num_samples)
+        out.div_(self.normaliser)
         if self.weight_decay:
             out.add_(V, alpha=self.weight_decay)
         return out
@@ -388,15 +617,25 @@ class CurvatureOperator:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(dim={self.dim}, num_samples={self.num_samples}, "
+            f"{type(self).__name__}(dim={self.dim}, loss={self.loss.name}, num_samples={self.num_samples}, "
             f"batches={len(self.batch_sizes)}, bn_mode={self.bn_mode!r}, weight_decay={self.weight_decay})"
         )
 
 
 class HessianOperator(CurvatureOperator):
-    r"""The Hessian :math:`H = \nabla_w^2 L` of the mean loss over ``data`` (plus
-    :math:`\lambda_{\mathrm{wd}} I`); with the whole training set, the empirical Hessian
-    :math:`H_{\mathrm{emp}}`, with one batch the batch Hessian :math:`H_{\mathrm{batch}}`.
+    r"""The Hessian :math:`H = \nabla_w^2 L` of the loss over ``data`` (plus
+    :math:`\lambda_{\mathrm{wd}} I`).
+
+    * ``reduction="mean"``: :math:`L` is the average PyTorch computes over all of ``data``
+      (over samples; over the :math:`N C` output entries for ``MSELoss`` and
+      ``BCEWithLogitsLoss``; over the summed class weights for a weighted cross-entropy).
+      With the whole training set, the empirical Hessian :math:`H_{\mathrm{emp}}`; with one
+      batch, the batch Hessian :math:`H_{\mathrm{batch}}`.
+    * ``reduction="sum"``: :math:`L` is the sum of the loss over every sample of every batch,
+      so :math:`H` is :math:`N` times the mean's (for a per-sample mean).
+
+    Any twice-differentiable loss works (see :func:`resolve_loss` for how the reduction is
+    found).
 
     Products are reverse-over-reverse: per batch the first-order graph of
     :math:`g_b = \nabla_w L_b` is built once (``create_graph``) and
@@ -457,52 +696,62 @@ def _backward_block(
 
 
 class GGNOperator(CurvatureOperator):
-    r"""The generalised Gauss-Newton matrix
-    :math:`G = \frac1N \sum_i J_i^\top \Lambda_i J_i` (plus :math:`\lambda_{\mathrm{wd}} I`),
-    :math:`J_i = \partial f(x_i; w) / \partial w` the Jacobian of the network output and
-    :math:`\Lambda_i` the Hessian of the loss in the output (PSD for cross-entropy and
-    squared error). It drops the second-derivative-of-the-network term of the Hessian.
+    r"""The generalised Gauss-Newton matrix :math:`G = c \sum_i J_i^\top \Lambda_i J_i` (plus
+    :math:`\lambda_{\mathrm{wd}} I`), :math:`J_i = \partial f(x_i; w) / \partial w` the Jacobian
+    of the network output and :math:`\Lambda_i` the Hessian of the summed loss in that output
+    (PSD for cross-entropy, squared error and logistic loss). It drops the
+    second-derivative-of-the-network term of the Hessian.
+
+    * ``reduction="mean"``: :math:`c = 1/D`, :math:`D` what the loss averages over on all of
+      ``data`` (:math:`N` samples for ``CrossEntropyLoss``, :math:`N C` output entries for
+      ``MSELoss`` and ``BCEWithLogitsLoss``, the summed class weights for a weighted
+      cross-entropy): the GGN of the empirical loss.
+    * ``reduction="sum"``: :math:`c = 1`, the GGN of the loss summed over every sample.
+
+    ``NLLLoss`` and other ``torch.nn`` losses are refused (:func:`resolve_loss`); a callable of
+    your own is used with the output Hessian autograd gives for it.
 
     Per batch: :math:`J v` by forward mode (``torch.func.jvp``), :math:`\Lambda (J v)` by a
-    Hessian-vector product of ``loss_fn`` in the output, then :math:`J^\top(\cdot)` by a
-    backward pass through the output's graph, which is kept between products while it fits
+    double backward of ``loss_fn`` in the output, then :math:`J^\top(\cdot)` by a backward
+    pass through the output's graph; both graphs are kept between products while they fit
     in ``cache_bytes``. Same arguments as :class:`CurvatureOperator`.
     """
 
     kind = "GGN"
+    needs_output_hessian = True
 
     def _build(self, x: Any, y: Tensor) -> Any:
+        """``(x, output, output leaf, gradient of the loss in the leaf with its graph)``."""
         with torch.enable_grad():
             out = self.model(x)
-        return (x, out, y)
+            leaf = out.detach().requires_grad_(True)
+            g_out = torch.autograd.grad(self.loss_fn(leaf, y), leaf, create_graph=True)[0]
+        return (x, out, leaf, g_out)
 
     def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool) -> list[Tensor]:
-        x, out, y = state
+        x, out, leaf, g_out = state
+        if not g_out.requires_grad:  # the loss is linear in the output: Lambda = 0
+            return [torch.zeros(self.dim, dtype=self.dtype, device=self.device) for _ in vs]
+        jvs = self._jacobian_products(x, vs)
+        ljv = _backward_block([g_out], [leaf], [[u] for u in jvs], keep, lambda ts: ts[0])
+        return _backward_block([out], self.params, [[c] for c in ljv], keep, self.flatten)
+
+    def _jacobian_products(self, x: Any, vs: list[list[Tensor]]) -> list[Tensor]:
+        """:math:`J v` (shaped like the output) for each vector, by forward mode."""
         names = self.param_names
-        loss_fn = self.loss_fn
         primals = tuple(p.detach() for p in self.params)
-        out_d = out.detach()
 
-        def f(ps: tuple[Tensor, ...]) -> Tensor:
-            return functional_call(self.model, dict(zip(names, ps)), (x,))
-
-        def loss_of_out(o: Tensor) -> Tensor:
-            return loss_fn(o, y)
-
-        def lam_j(v: tuple[Tensor, ...]) -> Tensor:
-            jv = jvp(f, (primals,), (v,))[1]
-            return jvp(grad(loss_of_out), (out_d,), (jv,))[1]
+        def jv(v: tuple[Tensor, ...]) -> Tensor:
+            return jvp(lambda ps: functional_call(self.model, dict(zip(names, ps)), (x,)), (primals,), (v,))[1]
 
         with batchnorm_mode(self.model, self.bn_mode):
             if len(vs) > 1:
                 try:
                     V = tuple(torch.stack([v[i] for v in vs]) for i in range(len(self.params)))
-                    ljv = list(vmap(lam_j)(V).unbind(0))
+                    return list(vmap(jv)(V).unbind(0))
                 except RuntimeError:
-                    ljv = [lam_j(tuple(v)) for v in vs]
-            else:
-                ljv = [lam_j(tuple(vs[0]))]
-        return _backward_block([out], self.params, [[c] for c in ljv], keep, self.flatten)
+                    pass
+            return [jv(tuple(v)) for v in vs]
 
 
 def _dataset_tensors(dataset: Any) -> tuple[int, Callable[[Tensor], Batch]]:
@@ -535,7 +784,7 @@ def batch_operator(
 ) -> CurvatureOperator:
     r"""The batch Hessian or batch GGN of one batch of ``batch_size`` samples drawn without
     replacement from ``dataset`` (the paper's :math:`H_{\mathrm{batch}} = H_{\mathrm{emp}} +
-    \varepsilon(w)`).
+    \varepsilon(w)` for a mean loss; for a sum loss, the curvature of the sum over the batch).
 
     Args:
         kind: ``"hessian"`` or ``"ggn"``.
