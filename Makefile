@@ -1,21 +1,26 @@
 # Two entry points, each setting itself up on a fresh machine:
-#   make book   execute every chapter (papermill, profile $(PROFILE)) and build the HTML book
-#   make test   run the test suite (unit, numerics, pipeline, browser)
+#   make book   execute every chapter (papermill, profile $(PROFILE)) and build the HTML book.
+#               Needs Python 3.11, make and npm (for the book's JavaScript, fetched once); never a browser.
+#   make test   run the test suite (unit, numerics, pipeline, headless Chromium on a smoke build).
+#               Needs Chromium as well: installed here when run as root and missing.
 # Data: $HESSIAN_LIB_DATA names the CIFAR-100 folder (or pass DATA_ROOT=...); without it the
-# data goes to ~/.cache/hessian_lib/cifar100 and torchvision downloads it when online.
+# data goes to ~/.cache/hessian_lib/cifar100. `make book` lets torchvision download it there when
+# the folder is empty and the machine is online (DOWNLOAD=0 to forbid); the tests never download.
 
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= cpu
 DATA_ROOT ?=
+# 1: make book may download CIFAR-100 into an empty data root (default; $HESSIAN_LIB_DOWNLOAD if set).
+DOWNLOAD ?= $(or $(HESSIAN_LIB_DOWNLOAD),1)
 PYTEST_ARGS ?=
 BOOK_ARGS ?=
-export HESSIAN_LIB_DOWNLOAD ?= 1
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DATA_ENV := $(if $(DATA_ROOT),HESSIAN_LIB_DATA=$(DATA_ROOT))
 
-.PHONY: book test setup system-deps clean
+.PHONY: book test setup book-deps test-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,24 +28,40 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[book,test,bench]'
 	touch $@
 
-# Chromium for the browser tests, npm for the book's vendored JavaScript.
-system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v npm >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && apt-get install -y -q chromium nodejs npm; \
+# Debian packages for the commands that are missing, as COMMAND:PACKAGE pairs: only what is missing
+# is installed (one apt-get for all of it, as root), so nothing conflicts with what is there (npm comes
+# with NodeSource's nodejs, and is then not missing). Without root: print the one command to run, stop.
+define system_packages
+	@missing=""; for pair in $(1); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing the missing system packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	  else \
-	    echo "Please install Chromium, Node.js and npm (Debian: sudo apt-get install chromium nodejs npm)"; exit 1; \
+	    echo "Missing system packages. Please run:  sudo apt-get update && sudo apt-get install -y$$missing"; \
+	    exit 1; \
 	  fi; \
 	fi
+endef
 
-setup: $(STAMP) system-deps
+# The book: Node.js and npm (to fetch the widget manager, RequireJS and MathJax once into .vendor/).
+book-deps:
+	$(call system_packages,node:nodejs npm:npm)
+
+# The tests: Chromium and its driver for the browser tests, on top of what the book needs.
+test-deps: book-deps
+	$(call system_packages,chromium:chromium chromedriver:chromium-driver)
+
+setup: $(STAMP) book-deps
 	$(PY) -c "from hessian_lib.vendor import ensure_vendor_assets; ensure_vendor_assets()"
 
 book: setup
-	$(PY) -m hessian_lib book --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(BOOK_ARGS)
+	$(DATA_ENV) HESSIAN_LIB_DOWNLOAD=$(DOWNLOAD) $(PY) -m hessian_lib book --profile $(PROFILE) $(BOOK_ARGS)
 
-test: setup
-	$(if $(DATA_ROOT),HESSIAN_LIB_DATA=$(DATA_ROOT)) $(PY) -m pytest $(PYTEST_ARGS)
+test: setup test-deps
+	$(DATA_ENV) HESSIAN_LIB_DOWNLOAD=0 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf _build .vendor

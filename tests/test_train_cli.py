@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hessian_lib.cli import main
+from hessian_lib.data import DOWNLOAD_ENV
 from hessian_lib.store import ResultsStore
 
 SMALL = ["--set", "data.train_subset=200", "--set", "data.test_subset=100", "--set", "data.curvature_subset=100",
@@ -26,7 +27,9 @@ def test_train_rejects_bad_input(extra, message, data_root, tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
-def test_train_rejects_missing_data(tmp_path, capsys):
+def test_train_rejects_missing_data(tmp_path, capsys, monkeypatch):
+    # Offline by construction: a download must not be attempted, whatever the caller's environment says.
+    monkeypatch.setenv(DOWNLOAD_ENV, "0")
     code = main(["train", "--profile", "smoke", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert code == 2 and "no CIFAR-100 found" in capsys.readouterr().err
 
