@@ -164,6 +164,18 @@ def _register_progress_engine() -> None:
     papermill_engines.register(_ENGINE, Engine)
 
 
+def _ipc_kernel_manager() -> type:
+    """A kernel manager talking to the kernel over local sockets (IPC), not TCP: nothing listens on a port, and
+    the kernel prints no warning about unencrypted TCP into the build's console."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
+
+
 def execute_chapter(
     source: Path,
     output: Path,
@@ -201,6 +213,7 @@ def execute_chapter(
             log_output=False,
             execution_timeout=cell_timeout,
             on_cell=on_cell,
+            kernel_manager_class=_ipc_kernel_manager(),
         )
     except PapermillExecutionError as err:
         raise ChapterError(source.stem, err.cell_index, err.ename, err.evalue, err.source or "", output) from None

@@ -50,6 +50,7 @@ def built_book(tmp_path_factory, data_root) -> Path:
         assert re.search(rf"{name}: cell \d+ \(code cell 1 of \d+\) took", proc.stdout), f"no cell lines for {name}"
         assert re.search(rf"^\s+{name}\s+\d+\.\d s$", proc.stdout, re.M), f"no time for {name} in the summary"
     assert f"The book is at {build / 'html' / 'index.html'}" in proc.stdout
+    assert "running over TCP" not in proc.stderr, "the kernels talk over local sockets, without a warning"
     return build / "html"
 
 
