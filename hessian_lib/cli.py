@@ -70,6 +70,8 @@ def _cmd_book(args: argparse.Namespace) -> int:
     )
     if html is not None:
         print(f"The book is at {html / 'index.html'}")
+        print(f"How this build ran (commit, sizes, versions, data checksum, chapter times): "
+              f"{html / 'book' / 'about.html'}")
     return 0
 
 
