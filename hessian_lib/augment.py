@@ -26,11 +26,20 @@ def draw_crop_flip(n: int, generator: torch.Generator, padding: int = 4) -> tupl
     return offsets, flips
 
 
-def apply_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Crop ``images`` [N, C, H, W] (any dtype) at ``offsets`` of the zero-padded image, flip where ``flips``."""
+def apply_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = 4,
+                    size: int | None = None) -> torch.Tensor:
+    """Crop ``images`` [N, C, H, W] (any dtype) at ``offsets`` of the zero-padded image, flip where ``flips``.
+
+    The crops are ``size`` x ``size`` (default: the input's H x W), so ``padding=0, size=24`` with
+    offsets in ``0..8`` takes random 24-pixel crops of 32-pixel images: [N, C, size, size].
+    """
     if images.dim() != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {list(images.shape)}")
     n, c, h, w = images.shape
+    if size is not None:
+        if not 0 < size <= min(h, w) + 2 * padding:
+            raise ValueError(f"crop size {size} does not fit {h}x{w} images with padding {padding}")
+        h = w = size
     dev = images.device
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
     offsets = offsets.to(dev)

@@ -116,7 +116,9 @@ class TrainSizes:
     ``augment``: random crop (4-pixel padding) + horizontal flip on the training images.
     ``mixed_precision``: bf16 autocast for training on CUDA (curvature stays float32).
     ``channels_last``: NHWC tensors in training (faster convolutions). ``eval_flip``: test accuracy
-    averages the logits of each image and its mirror image.
+    averages the logits of each image and its mirror image. ``low_res_epochs``: progressive
+    resizing: the first epochs train on random ``low_res_size``-pixel crops (and flips) of the
+    32-pixel images, at ``(low_res_size/32)^2`` of the cost; the network must pool globally.
     """
 
     model: str = "vgg16"
@@ -140,6 +142,8 @@ class TrainSizes:
     mixed_precision: bool = True
     channels_last: bool = True
     eval_flip: bool = False
+    low_res_epochs: int = 0
+    low_res_size: int = 24
 
     def validate(self) -> None:
         from hessian_lib.models import MODEL_NAMES, canonical_name
@@ -158,6 +162,9 @@ class TrainSizes:
             raise ProfileError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if not (0 <= self.dropout < 1 or self.dropout == -1):
             raise ProfileError(f"train.dropout must be in [0, 1) or -1 (the architecture's default), got {self.dropout}")
+        if self.low_res_epochs < 0 or not 8 <= self.low_res_size <= 32 or self.low_res_size % 2:
+            raise ProfileError("train.low_res_epochs must not be negative and train.low_res_size must be even, "
+                               f"in 8..32; got {self.low_res_epochs} and {self.low_res_size}")
         if not 0 <= self.label_smoothing < 1:
             raise ProfileError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:

@@ -440,7 +440,9 @@ def run_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, *, steps_pe
     n_train = labels.shape[0]
     local_batch = cfg.batch_size // world
     perm = torch.randperm(n_train, generator=run.order_gen)
-    offsets, flips = draw_crop_flip(n_train, run.aug_gen)
+    low_res = run.epoch < cfg.low_res_epochs  # progressive resizing: random low_res_size crops, no padding
+    margin = (images.shape[-1] - cfg.low_res_size) // 2 if low_res else 4
+    offsets, flips = draw_crop_flip(n_train, run.aug_gen, padding=margin)
     autocast = dev.type == "cuda" and cfg.mixed_precision
     run.net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -452,7 +454,9 @@ def run_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, *, steps_pe
         pos = torch.arange(s * cfg.batch_size + rank * local_batch, s * cfg.batch_size + (rank + 1) * local_batch)
         idx = perm[pos].to(dev, non_blocking=True)
         x = images[idx]
-        if cfg.augment:
+        if low_res:
+            x = apply_crop_flip(x, offsets[pos], flips[pos], padding=0, size=cfg.low_res_size)
+        elif cfg.augment:
             x = apply_crop_flip(x, offsets[pos], flips[pos])
         x = normalize(x)
         if cfg.channels_last:

@@ -1,5 +1,6 @@
 """Batched augmentation on uint8 tensors: shapes, determinism, and the crop/flip geometry."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +57,15 @@ def test_both_flip_states_and_many_offsets_occur():
     offsets, flips = draw_crop_flip(2000, torch.Generator().manual_seed(0))
     assert 0.4 < flips.float().mean() < 0.6
     assert len(torch.unique(offsets[:, 0])) == 9 and len(torch.unique(offsets[:, 1])) == 9
+
+
+def test_sized_crops_take_the_given_window():
+    images = torch.arange(2 * 1 * 32 * 32, dtype=torch.int64).reshape(2, 1, 32, 32)
+    offsets = torch.tensor([[0, 0], [8, 3]])
+    flips = torch.tensor([False, True])
+    out = apply_crop_flip(images, offsets, flips, padding=0, size=24)
+    assert out.shape == (2, 1, 24, 24)
+    assert torch.equal(out[0, 0], images[0, 0, :24, :24])
+    assert torch.equal(out[1, 0], images[1, 0, 8:32, 3:27].flip(-1))
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_crop_flip(images, offsets, flips, padding=0, size=40)
