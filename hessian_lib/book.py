@@ -38,18 +38,37 @@ from hessian_lib.device import resolve_device
 from hessian_lib.profiles import load_profile
 
 __all__ = ["ChapterError", "BookError", "list_chapters", "execute_chapter", "run_book", "project_root",
-           "new_build_id"]
+           "new_build_id", "build_identity"]
 
 STATIC_DIR_NAME = "_vendor_static"
 #: Files at the repository root that the book build needs besides ``book/``.
 ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
 #: The generated "About this build" page, relative to the staging root (no suffix).
 ABOUT_PAGE = "book/about"
+#: The chapter that reads every other chapter's verdicts: run again whenever any chapter runs.
+SCOREBOARD = "book/scoreboard"
+#: In the staging folder: the identity of the build its executed notebooks belong to.
+BUILD_FILE = "build.json"
 
 
 def new_build_id() -> str:
     """A build identifier unique to one run of the pipeline: UTC time plus a short random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def build_identity(staging: Path, settings: Mapping[str, Any], partial: bool) -> str:
+    """The build id for a run: a new one, unless the run re-executes only some chapters of a staged build
+    made with the same ``settings`` (profile, overrides, seed), whose id it continues: the kept chapters'
+    verdicts then still count on the scoreboard. With other settings the kept chapters show "not run"."""
+    previous = staging / BUILD_FILE
+    if partial and previous.exists():
+        try:
+            record = json.loads(previous.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("settings") == json.loads(json.dumps(dict(settings))) and record.get("build_id"):
+            return str(record["build_id"])
+    return new_build_id()
 
 
 class BookError(RuntimeError):
@@ -287,11 +306,11 @@ def run_book(
 ) -> Path | None:
     """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built).
 
-    ``build_id`` (default: a new :func:`new_build_id`) is injected into every chapter; the verdicts
-    they write and the scoreboard reads carry it.
+    ``build_id`` is injected into every chapter; the verdicts they write and the scoreboard reads carry
+    it. Default: a new :func:`new_build_id`, or, when only some ``chapters`` run again, the id of the staged
+    build they join (:func:`build_identity`). The scoreboard runs again whenever any chapter does.
     """
     log = log or (lambda message: print(message, flush=True))
-    build_id = build_id or new_build_id()
     # 1. Cheap validation, before any chapter runs.
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -302,9 +321,15 @@ def run_book(
     root = project_root()
     all_chapters = list_chapters(root)
     selected = _select(all_chapters, chapters)
+    partial = len(selected) < len(all_chapters)
+    if partial and SCOREBOARD in all_chapters:
+        selected = [c for c in all_chapters if c in selected or c == SCOREBOARD]  # in reading order
     data_path = check_data_root(data_root)
     build_path = Path(build_dir).resolve()
     staging = build_path / "staging"
+    settings = {"profile": resolved_profile.name, "overrides": {str(k): str(v) for k, v in (overrides or {}).items()},
+                "seed": seed}
+    build_id = build_id or build_identity(staging, settings, partial)
 
     from hessian_lib.vendor import install_static_assets
 
@@ -313,6 +338,7 @@ def run_book(
     keep = set(all_chapters) - set(selected)
     _stage_sources(root, staging, keep_notebooks=keep)
     install_static_assets(staging / STATIC_DIR_NAME, cache_dir=root / ".vendor")
+    (staging / BUILD_FILE).write_text(json.dumps({"build_id": build_id, "settings": settings}, indent=2))
 
     parameters = {
         "profile": resolved_profile.name,

@@ -1,6 +1,7 @@
 """The papermill pipeline: parameters are validated first, failures name the chapter and cell."""
 
 import hashlib
+import json
 import re
 import subprocess
 
@@ -10,7 +11,8 @@ import torch
 import yaml
 
 from hessian_lib import provenance
-from hessian_lib.book import ChapterError, execute_chapter, list_chapters, new_build_id, project_root, run_book
+from hessian_lib.book import (BUILD_FILE, ChapterError, build_identity, execute_chapter, list_chapters, new_build_id,
+                              project_root, run_book)
 from hessian_lib.figures import GLUE_PREFIX
 from hessian_lib.profiles import load_profile
 from hessian_lib.provenance import write_about_page
@@ -160,3 +162,12 @@ def test_about_page_states_the_build(tmp_path, monkeypatch):
     # the checksums are cached: a second page reads no data file
     monkeypatch.setattr(provenance, "_sha256", lambda path: pytest.fail(f"{path} read again"))
     write_about_page(staging, "book/about", **kwargs)
+
+
+def test_a_partial_run_continues_the_staged_build(tmp_path):
+    settings = {"profile": "smoke", "overrides": {}, "seed": 0}
+    assert build_identity(tmp_path, settings, partial=True) != build_identity(tmp_path, settings, partial=True)
+    (tmp_path / BUILD_FILE).write_text(json.dumps({"build_id": "b-7", "settings": settings}))
+    assert build_identity(tmp_path, settings, partial=True) == "b-7"
+    assert build_identity(tmp_path, settings, partial=False) != "b-7"           # a full run is a new build
+    assert build_identity(tmp_path, {**settings, "seed": 1}, partial=True) != "b-7"  # other settings: new build
