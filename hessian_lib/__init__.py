@@ -39,6 +39,7 @@ from hessian_lib.experiments.training import (
     sweep,
     train_experiment,
 )
+from hessian_lib.learner import SLQLearner, extremes, gd_hyperparameters, polyak_hyperparameters
 from hessian_lib.models import MODEL_NAMES, build_model, count_parameters
 from hessian_lib.profiles import PROFILES, Profile, ProfileError, TrainSizes, load_profile, profile_names
 from hessian_lib.store import ResultsStore

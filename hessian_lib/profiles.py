@@ -25,6 +25,7 @@ __all__ = [
     "TheorySizes",
     "TrainSizes",
     "SpectraSizes",
+    "LearnerSizes",
     "PROFILES",
     "load_profile",
     "profile_names",
@@ -211,6 +212,67 @@ class SpectraSizes:
 
 
 @dataclass(frozen=True)
+class LearnerSizes:
+    """Sizes of the Learner chapter: the SLQ learner against tuned SGD and Adam (``hessian_lib.learner``).
+
+    Every run trains the network of the ``train`` section (``model``: another registry name
+    instead, empty for the same) with its recipe for ``epochs`` epochs at batch ``batch_size``
+    (0: the recipe's) on ``train_images`` CIFAR-100 training images (a class-stratified draw),
+    and is tested on ``test_images`` test images (10,000: all of them) once at the end. Methods,
+    ``seeds`` runs each: the learner with the Polyak rule and with the GD rule (plain SGD),
+    SGD with momentum ``sgd_momentum`` at each learning rate of ``sgd_lrs`` (at least four),
+    and Adam at ``adam_lr``. The learner estimates at the first step and every ``every_steps``
+    optimiser steps with ``lanczos_steps`` Lanczos steps on a fixed curvature subset of
+    ``curvature_images`` of the training images (test-time transforms). ``compare_batches``
+    training batches are set beside the curvature subset at the end of one learner run.
+    """
+
+    model: str = ""
+    train_images: int = 2_560
+    test_images: int = 10_000
+    epochs: int = 2
+    batch_size: int = 0
+    seeds: int = 2
+    sgd_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
+    sgd_momentum: float = 0.9
+    adam_lr: float = 1e-3
+    curvature_images: int = 128
+    lanczos_steps: int = 10
+    every_steps: int = 20
+    compare_batches: int = 3
+
+    def validate(self) -> None:
+        for name in ("train_images", "test_images", "epochs", "seeds", "sgd_lrs", "adam_lr", "curvature_images",
+                     "lanczos_steps", "every_steps", "compare_batches"):
+            _positive(f"learner.{name}", getattr(self, name))
+        if self.model:
+            from hessian_lib.models import MODEL_NAMES, canonical_name
+
+            try:
+                canonical_name(self.model)
+            except ValueError:
+                raise ProfileError(f"unknown model {self.model!r} in learner.model; valid models: "
+                                   f"{', '.join(MODEL_NAMES)} (or empty: the train section's)") from None
+        if self.batch_size < 0 or self.batch_size > self.train_images:
+            raise ProfileError(f"learner.batch_size must be 0 (the recipe's) or at most learner.train_images "
+                               f"({self.train_images}), got {self.batch_size}")
+        if self.train_images > 50_000 or self.test_images > 10_000:
+            raise ProfileError("learner.train_images and learner.test_images cannot exceed CIFAR-100's 50,000 and "
+                               "10,000 images")
+        if self.curvature_images > self.train_images:
+            raise ProfileError(f"learner.curvature_images ({self.curvature_images}) cannot exceed "
+                               f"learner.train_images ({self.train_images}): it is drawn from them")
+        if self.seeds < 2:
+            raise ProfileError(f"learner.seeds needs at least 2 seeds per method, got {self.seeds}")
+        if len(self.sgd_lrs) < 4 or list(self.sgd_lrs) != sorted(set(self.sgd_lrs)):
+            raise ProfileError(f"learner.sgd_lrs needs at least four increasing learning rates, got {self.sgd_lrs}")
+        if not 0 <= self.sgd_momentum < 1:
+            raise ProfileError(f"learner.sgd_momentum must be in [0, 1), got {self.sgd_momentum}")
+        if self.lanczos_steps < 2:
+            raise ProfileError(f"learner.lanczos_steps needs at least 2 steps, got {self.lanczos_steps}")
+
+
+@dataclass(frozen=True)
 class Profile:
     """A named set of sizes. Sections group the sizes of one part of the work."""
 
@@ -220,6 +282,7 @@ class Profile:
     data: DataSizes = field(default_factory=DataSizes)
     train: TrainSizes = field(default_factory=TrainSizes)
     spectra: SpectraSizes = field(default_factory=SpectraSizes)
+    learner: LearnerSizes = field(default_factory=LearnerSizes)
 
     def validate(self) -> "Profile":
         for f in dataclasses.fields(self):
@@ -297,6 +360,10 @@ PROFILES: dict[str, Profile] = {
         train=TrainSizes(model="fastcnn", width=1.0, dropout=0.0, epochs=3, batch_size=128, lr=0.4, momentum=0.9,
                          nesterov=True, weight_decay=5e-4, label_smoothing=0.2, optimizer="sgd", schedule="linear",
                          warmup_epochs=0.25, checkpoint_every=1, eval_flip=True),
+        # The learner study, 14 runs in about 5 minutes on 2 cores: 2 epochs on 2,560 images (40 steps of 128),
+        # an SGD grid around the recipe's lr 0.4, estimates once per epoch; every run tested on all 10,000 images.
+        learner=LearnerSizes(train_images=2_560, epochs=2, sgd_lrs=(0.03, 0.1, 0.3, 1.0), curvature_images=128,
+                             lanczos_steps=10, every_steps=20, compare_batches=2),
     ),
     "paper": Profile(
         name="paper",
@@ -311,6 +378,9 @@ PROFILES: dict[str, Profile] = {
                              batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), draws=10,
                              lanczos_steps=100, empirical_lanczos_steps=100, chunk_size=1_000,
                              noise_samples=64, noise_probes=4, dense_hidden=32, dense_samples=2_000),
+        # The authors' learner: PreResNet-110 on all of CIFAR-100, full schedule, 20 Lanczos steps every epoch.
+        learner=LearnerSizes(model="preresnet110", train_images=50_000, test_images=10_000, epochs=300,
+                             curvature_images=1_024, lanczos_steps=20, every_steps=390, compare_batches=10),
     ),
     "smoke": Profile(
         name="smoke",
@@ -333,6 +403,8 @@ PROFILES: dict[str, Profile] = {
         spectra=SpectraSizes(checkpoints=(1, 2), dataset_size=100, batch_sizes=(8, 16, 32), draws=2, lanczos_steps=6,
                              empirical_lanczos_steps=8, chunk_size=50, noise_samples=4, noise_probes=1,
                              dense_hidden=4, dense_samples=100),
+        learner=LearnerSizes(train_images=200, test_images=200, epochs=1, curvature_images=50, lanczos_steps=4,
+                             every_steps=2, compare_batches=2),
     ),
 }
 

@@ -23,6 +23,10 @@ from typing import Any, Mapping
 from hessian_lib.store import ResultsStore
 
 __all__ = [
+    "CLAIM6_GAP_PP",
+    "CLAIM6_TRAINS_FRACTION",
+    "claim6_verdict",
+    "stable_lr_range",
     "CLAIM2_TOLERANCE",
     "CLAIM2_WINDOW",
     "CLAIM_CHAPTERS",
@@ -208,3 +212,45 @@ def scoreboard(store: ResultsStore | str, *, build_id: str, profile: str, seed: 
             rows.append(ScoreboardRow(claim, statement, v.verdict, v.summary, v.scale,
                                       _chapter_link(v.evidence) or f"{chapter}.html"))
     return rows
+
+
+# --- Claim 6: the SLQ learner (Learner chapter) ----------------------------------------------------
+
+#: Claim 6 holds when the Polyak learner's mean final test accuracy is at most this many percentage points
+#: below the best grid SGD learning rate's mean (inclusive; above it is fine) ...
+CLAIM6_GAP_PP = 2.0
+#: ... the learner "trains" when its mean accuracy is at least this fraction of that best mean (inclusive).
+CLAIM6_TRAINS_FRACTION = 0.5
+
+
+def stable_lr_range(lrs: Any, diverged: Any) -> tuple[float, float] | None:
+    """``(lowest, highest)`` grid learning rate none of whose runs diverged; ``None`` if every one diverged.
+
+    ``lrs`` and ``diverged`` are parallel sequences, one entry per run (a learning rate may repeat over seeds).
+    """
+    lrs, diverged = [float(v) for v in lrs], [bool(d) for d in diverged]
+    if len(lrs) != len(diverged):
+        raise ValueError(f"{len(lrs)} learning rates but {len(diverged)} divergence flags")
+    bad = {lr for lr, d in zip(lrs, diverged) if d}
+    stable = sorted(set(lrs) - bad)
+    return (stable[0], stable[-1]) if stable else None
+
+
+def claim6_verdict(learner_acc: float, best_sgd_acc: float, learner_lrs: Any,
+                   stable_range: tuple[float, float] | None) -> str:
+    """Claim 6 from the Polyak learner's mean final test accuracy, the best grid SGD mean accuracy (fractions),
+    every learning rate the learner chose (all seeds) and the grid's :func:`stable_lr_range`.
+
+    :data:`HOLDS` when the learner is at most :data:`CLAIM6_GAP_PP` points behind and every chosen rate
+    lies inside the stable range (inclusive); :data:`PARTLY` when it trains (at least
+    :data:`CLAIM6_TRAINS_FRACTION` of the best accuracy) but falls further behind or leaves the range;
+    :data:`DOES_NOT_HOLD` otherwise (a NaN accuracy included).
+    """
+    learner_acc, best_sgd_acc = float(learner_acc), float(best_sgd_acc)
+    rates = [float(v) for v in learner_lrs]
+    inside = stable_range is not None and bool(rates) and all(stable_range[0] <= r <= stable_range[1] for r in rates)
+    close = 100.0 * (best_sgd_acc - learner_acc) <= CLAIM6_GAP_PP + 1e-9
+    trains = learner_acc >= CLAIM6_TRAINS_FRACTION * best_sgd_acc
+    if trains and close and inside:
+        return HOLDS
+    return PARTLY if trains else DOES_NOT_HOLD
