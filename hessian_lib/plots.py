@@ -8,11 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from hessian_lib import rmt
-from hessian_lib.experiments.theory import child_seed, wigner_spectrum, wishart_spectrum
 
-__all__ = ["COLORS", "use_house_style", "spectrum_histogram", "rmt_explorer_frame"]
+__all__ = ["COLORS", "use_house_style", "spectrum_histogram", "rmt_explorer_frame", "training_curves",
+           "broadened_density", "spectrum_density_frame", "shift_panel", "prediction_panel"]
 
 #: One colour per role, the same in every chapter.
 COLORS = {
@@ -65,21 +66,18 @@ def spectrum_histogram(
         ax.plot(x, density(x), color=COLORS["theory"], lw=1.6, label=density_label)
 
 
-def rmt_explorer_frame(batch_size: int, theta: float, dim: int, s1: float, *, n_data: int, seed: int = 0) -> Figure:
+def rmt_explorer_frame(sample: dict) -> Figure:
     r"""One frame of the Theory chapter's explorer: Wigner (Hessian) and Wishart (GGN) panels.
 
-    Left: :math:`\theta e_1 e_1^\top + W_{s(B)}` with :math:`s(B) = s_1\sqrt{1/B - 1/N}`,
-    the semicircle, the edges :math:`\pm 2s` and the predicted outlier. Right: a
-    spiked sample covariance of B samples in dimension P with bulk variance
-    :math:`\sigma^2 = (s_1/4)^2` and spike :math:`\ell = 1 + 4\theta`, the
-    Marchenko-Pastur law (non-zero eigenvalues) and the predicted top eigenvalue.
+    ``sample`` is the dict of :func:`hessian_lib.experiments.theory.explorer_sample`. Left:
+    :math:`\theta e_1 e_1^\top + W_{s(B)}`, the semicircle, the edges :math:`\pm 2s` and the
+    predicted outlier. Right: the spiked sample covariance, the Marchenko-Pastur law (non-zero
+    eigenvalues) and the predicted top eigenvalue.
     """
-    sigma2_w = s1**2 / dim
-    s = float(rmt.noise_scale(dim, sigma2_w, batch_size, n_data))
+    theta, s, q, sigma2, ell = (sample[k] for k in ("theta", "s", "q", "sigma2", "spike"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.4))
 
-    eig = wigner_spectrum(dim, theta, s, seed=child_seed(seed, dim, batch_size, int(theta * 100), int(s1 * 100)))
-    predicted = float(rmt.wigner_outlier(theta, s))
+    eig, predicted = sample["wigner_eigenvalues"], sample["wigner_predicted_top"]
     spectrum_histogram(left, eig, (lambda x: rmt.semicircle_density(x, s)) if s > 0 else None,
                        x_range=(min(-2 * s, eig.min()), max(2 * s, eig.max(), predicted)))
     for edge in rmt.semicircle_edges(s):
@@ -91,12 +89,8 @@ def rmt_explorer_frame(batch_size: int, theta: float, dim: int, s1: float, *, n_
     left.set_xlabel("eigenvalue")
     left.legend(loc="upper left")
 
-    sigma2 = (s1 / 4.0) ** 2
-    ell = 1.0 + 4.0 * theta
-    q = dim / batch_size
-    eig_w = wishart_spectrum(dim, batch_size, ell, sigma2, seed=child_seed(seed, dim, batch_size, 7))
+    eig_w, top_pred = sample["wishart_eigenvalues"], sample["wishart_predicted_top"]
     nonzero = eig_w[eig_w > 1e-9 * max(eig_w[-1], 1e-300)]
-    top_pred = float(rmt.mp_spiked_top(ell, q, sigma2))
     continuous_mass = min(1.0, 1.0 / q)
     lo_edge, hi_edge = rmt.marchenko_pastur_edges(q, sigma2)
     spectrum_histogram(right, nonzero, lambda x: rmt.marchenko_pastur_density(x, q, sigma2) / continuous_mass,
@@ -108,92 +102,182 @@ def rmt_explorer_frame(batch_size: int, theta: float, dim: int, s1: float, *, n_
     right.set_title(f"GGN-like: spiked Wishart, q=P/B={q:.3g}, l={ell:g}, sigma^2={sigma2:.2g}", fontsize=9.5)
     right.set_xlabel("eigenvalue")
     right.legend(loc="upper right")
-    fig.suptitle(f"B = {batch_size}, P = {dim}, s1 = {s1:g}", fontsize=10, y=1.02)
+    fig.suptitle(f"B = {sample['batch_size']}, P = {sample['dim']}, s1 = {sample['s1']:g}", fontsize=10, y=1.02)
     fig.tight_layout()
     return fig
 
 
-def _ritz_stems(ax: Axes, values: np.ndarray, weights: np.ndarray, color: str, label: str, floor: float) -> None:
+def training_curves(history: list[dict], checkpoints: list[int]) -> Figure:
+    """Loss and accuracy per epoch of a training run (``TrainResult.history``), checkpoints dotted."""
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (running, augmented)")
+    left.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    left.set_xlabel("epoch")
+    left.set_title("Cross-entropy")
+    right.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train (running, augmented)")
+    right.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy (%)")
+    right.set_title("Accuracy (100 classes)")
+    for ax in (left, right):
+        for e in checkpoints:
+            ax.axvline(e, color=COLORS["edge"], lw=0.8, ls=":")
+        ax.set_xticks(epochs)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _ritz_stems(ax: Axes, values: np.ndarray, weights: np.ndarray, color: str, label: str, floor: float,
+                marker: str = "o") -> None:
     keep = np.isfinite(values) & np.isfinite(weights)
     v, w = values[keep], np.maximum(weights[keep], floor)
-    ax.vlines(v, floor, w, color=color, lw=1.2, alpha=0.8)
-    ax.scatter(v, w, color=color, s=12, zorder=3, label=label)
+    ax.vlines(v, floor, w, color=color, lw=1.2, alpha=0.7)
+    ax.scatter(v, w, color=color, s=14, marker=marker, zorder=3, label=label)
 
 
-def spectrum_stem_frame(sp: dict, batch_index: int, *, kind: str, epoch: int, draw: int = 0) -> Figure:
-    """Batch against empirical spectrum of one matrix: Ritz stems (left) and broadened densities (right).
+def broadened_density(grid: np.ndarray, values: np.ndarray, weights: np.ndarray, residuals: np.ndarray,
+                      floor: float) -> np.ndarray:
+    r"""Ritz values broadened by their own resolution, averaged over runs: density on ``grid`` [G].
+
+    ``values``, ``weights``, ``residuals``: [runs, m] or [m] (NaN entries ignored). Each Ritz value
+    :math:`\theta_k` becomes a Gaussian of weight :math:`\gamma_k` and width
+    :math:`\max(r_k, \text{floor})`, :math:`r_k` its residual bound (Lanczos guarantees an
+    eigenvalue within :math:`r_k`): converged outliers stay sharp, the unresolved bulk is smeared
+    over the interval it is known to.
+    """
+    out = np.zeros_like(grid, dtype=float)
+    values, weights, residuals = (np.atleast_2d(a) for a in (values, weights, residuals))
+    for v, w, r in zip(values, weights, residuals):
+        keep = np.isfinite(v) & np.isfinite(w)
+        sig = np.maximum(np.nan_to_num(r[keep], nan=floor), floor)
+        z = (grid[:, None] - v[keep][None, :]) / sig[None, :]
+        out += (np.exp(-0.5 * z * z) * (w[keep] / (sig * np.sqrt(2 * np.pi)))[None, :]).sum(axis=1)
+    return out / len(values)
+
+
+def spectrum_density_frame(sp: dict, batch_index: int, *, kind: str, epoch: int, draw: int = 0) -> Figure:
+    """Batch against empirical spectrum of one matrix: Ritz stems (left) and log densities (right).
 
     ``sp`` is a dict of :func:`hessian_lib.experiments.spectra.spectrum_at`; ``batch_index`` picks B
     from its grid. Left: Ritz values and weights of the empirical matrix and of one batch draw.
-    Right: Gaussian-broadened SLQ densities, the batch density averaged over all draws.
+    Right: :func:`broadened_density` on a log scale (the batch density averaged over its draws),
+    with the extreme Ritz values marked at the top: the outliers carry weights of 1e-3 and less,
+    invisible on a linear scale.
     """
-    import torch
-
-    from hessian_lib.curvature import gaussian_density
-
     b = int(sp["batch_sizes"][batch_index])
-    bv, bw = sp["batch_values"][batch_index], sp["batch_weights"][batch_index]
-    ev, ew = sp["empirical_values"], sp["empirical_weights"]
+    n_draws = int(sp["draws"][batch_index])
+    bv, bw, br = (sp[k][batch_index][:n_draws] for k in ("batch_values", "batch_weights", "batch_residuals"))
+    ev, ew, er = sp["empirical_values"], sp["empirical_weights"], sp["empirical_residuals"]
+    m = int(sp["lanczos_steps"])
     name = "Hessian" if kind == "hessian" else "Gauss-Newton"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.5))
     floor = 1e-6
-    _ritz_stems(left, ev, ew, COLORS["empirical"], f"empirical (N = {int(sp['dataset_size'])})", floor)
-    _ritz_stems(left, bv[draw], bw[draw], COLORS["batch"], f"batch, B = {b}", floor)
+    _ritz_stems(left, ev, ew, COLORS["empirical"], f"empirical (N = {int(sp['dataset_size'])})", floor, "s")
+    _ritz_stems(left, bv[draw], bw[draw], COLORS["batch"], f"batch B = {b}, draw {draw + 1}", floor)
     left.set_yscale("log")
     left.set_ylim(floor, 1.5)
     left.set_xlabel("Ritz value (eigenvalue)")
     left.set_ylabel("Ritz weight")
     left.legend(loc="lower right")
-    left.set_title(f"{name}, epoch {epoch}: Lanczos Ritz values and weights", fontsize=9.5)
+    left.set_title(f"{name}, epoch {epoch}: Ritz values and weights ({m} steps)", fontsize=9.5)
 
-    lo = float(np.nanmin([np.nanmin(bv), ev.min()]))
-    hi = float(np.nanmax([np.nanmax(bv), ev.max()]))
+    lo = float(min(np.nanmin(bv), np.nanmin(ev)))
+    hi = float(max(np.nanmax(bv), np.nanmax(ev)))
     span = hi - lo or 1.0
-    grid = torch.linspace(lo - 0.1 * span, hi + 0.1 * span, 500, dtype=torch.float64)
-    sigma = 0.015 * span
-
-    def density(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        pairs = [(torch.as_tensor(v[np.isfinite(v)]), torch.as_tensor(w[np.isfinite(w)])) for v, w in
-                 zip(np.atleast_2d(values), np.atleast_2d(weights))]
-        return gaussian_density(grid, [p[0] for p in pairs], [p[1] for p in pairs], sigma).numpy()
-
-    right.semilogy(grid.numpy(), density(ev, ew) + 1e-8, color=COLORS["empirical"], label="empirical")
-    right.semilogy(grid.numpy(), density(bv, bw) + 1e-8, color=COLORS["batch"],
-                   label=f"batch B = {b} (mean of {bv.shape[0]} draws)")
-    right.set_ylim(1e-4, None)
+    grid = np.linspace(lo - 0.08 * span, hi + 0.08 * span, 1200)
+    width = span / (4 * m)
+    emp_density = broadened_density(grid, ev, ew, er, width)
+    batch_density = broadened_density(grid, bv, bw, br, width)
+    right.fill_between(grid, 1e-7, emp_density + 1e-7, color=COLORS["empirical"], alpha=0.25, lw=0)
+    right.semilogy(grid, emp_density + 1e-7, color=COLORS["empirical"], lw=1.6, ls="--", label="empirical")
+    right.semilogy(grid, batch_density + 1e-7, color=COLORS["batch"], lw=1.3,
+                   label=f"batch B = {b} (mean of {n_draws} draws)")
+    ylim = (max(1e-6, 1e-4 * float(max(emp_density.max(), batch_density.max()))),
+            3 * float(max(emp_density.max(), batch_density.max())))
+    right.set_ylim(*ylim)
+    tops = np.nanmax(bv, axis=1), np.nanmin(bv, axis=1)
+    ends = ["top", "bottom"] if kind == "hessian" else ["top"]
+    for end in ends:
+        e_val = float(np.nanmax(ev) if end == "top" else np.nanmin(ev))
+        b_vals = tops[0] if end == "top" else tops[1]
+        right.plot([e_val], [ylim[1] / 1.6], marker="v", color=COLORS["empirical"], ms=8, ls="none")
+        right.plot(b_vals, np.full(b_vals.shape, ylim[1] / 1.6), marker="|", color=COLORS["batch"], ms=12, ls="none")
     right.set_xlabel("eigenvalue")
-    right.set_ylabel("density (broadened)")
-    right.legend(loc="upper right")
-    right.set_title(f"SLQ spectral density, Gaussian broadening {sigma:.2g}", fontsize=9.5)
+    right.set_ylabel("density (log scale)")
+    right.legend(loc="center right")
+    right.set_title(f"Densities; markers: extreme Ritz values (min. width {width:.2g})", fontsize=9.5)
     fig.tight_layout()
     return fig
 
 
-def extremes_against_batch(ax: Axes, sp: dict, n_data: int, *, end: str = "top", fit: dict | None = None,
-                           prediction: np.ndarray | None = None, directional: np.ndarray | None = None,
-                           color: str | None = None, label: str = "") -> None:
-    """Extreme Ritz value (mean and spread over draws) against B, with the empirical value, fits and a prediction."""
-    b = sp["batch_sizes"].astype(float)
-    vals = sp["batch_top"] if end == "top" else sp["batch_bottom"]
-    sign = 1.0 if end == "top" else -1.0
-    mean, sd = np.nanmean(vals, axis=1) * sign, np.nanstd(vals, axis=1, ddof=1)
-    emp = sign * (sp["empirical_top"] if end == "top" else sp["empirical_bottom"])
-    color = color or COLORS["batch"]
-    ax.errorbar(b, mean, yerr=sd, fmt="o", ms=4, color=color, capsize=2, label=f"{label} batch (mean ± sd)")
-    ax.axhline(emp, color=color, lw=0.9, ls="-.", alpha=0.8, label=f"{label} empirical, N = {n_data}")
-    grid = np.geomspace(b.min(), n_data, 200)
-    x = 1.0 / grid - 1.0 / n_data
-    if fit is not None:
-        ax.plot(grid, sign * (fit["linear_intercept"] + fit["linear_slope"] * x), color=color, lw=1,
-                label=f"{label} fit a + b(1/B - 1/N)")
-        ax.plot(grid, sign * (fit["sqrt_intercept"] + fit["sqrt_slope"] * np.sqrt(x)), color=color, lw=1, ls=":",
-                label=f"{label} fit a + c sqrt(1/B - 1/N)")
-    if prediction is not None:
-        ax.plot(b, sign * prediction, marker="x", ls="--", color=COLORS["empirical"], lw=1,
-                label=f"{label} isotropic Wigner prediction (no fit)")
-    if directional is not None:
-        ax.plot(b, sign * directional, marker="+", ms=8, ls="--", color=COLORS["theory"], lw=1,
-                label=f"{label} directional-noise prediction (no fit)")
+def shift_panel(ax: Axes, table, fit: dict, *, sigmas: float, color: str, title: str) -> None:
+    r"""The shift :math:`\Delta(B)` against :math:`x = 1/B - 1/N` (log-log) with its power-law fit.
+
+    ``table``: :func:`hessian_lib.experiments.spectra.shift_statistics`; ``fit``:
+    :func:`~hessian_lib.experiments.spectra.fit_shift_exponent` of it. Error bars are ``sigmas``
+    standard errors; points whose shift does not exceed them are hollow. Grey dotted lines: slopes
+    1 (outlier regime) and 1/2 (bulk edge) through the middle of the data.
+    """
+    x, d, se = (np.asarray(table[k], dtype=float) for k in ("x", "shift", "se"))
+    ok = d > sigmas * se
+    shown = d > 0
+    ax.errorbar(x[shown], d[shown], yerr=np.minimum(sigmas * se[shown], 0.999 * d[shown]), fmt="none",
+                ecolor=color, capsize=2, lw=1)
+    ax.scatter(x[ok], d[ok], color=color, s=22, zorder=3)
+    ax.scatter(x[shown & ~ok], d[shown & ~ok], facecolors="white", edgecolors=color, s=22, zorder=3)
+    for xi, di, b in zip(x[shown], d[shown], table["B"][shown]):
+        ax.annotate(f"{b}", (xi, di), textcoords="offset points", xytext=(4, -9), fontsize=7, color=COLORS["edge"])
+    if np.isfinite(fit.get("gamma", np.nan)):
+        grid = np.geomspace(x.min(), x.max(), 50)
+        ax.plot(grid, fit["amplitude"] * grid ** fit["gamma"], color=color, lw=1.2,
+                label=f"gamma = {fit['gamma']:.2f} [{fit['gamma_low']:.2f}, {fit['gamma_high']:.2f}]")
+        xm, ym = np.exp(np.mean(np.log(grid))), fit["amplitude"] * np.exp(np.mean(np.log(grid))) ** fit["gamma"]
+        for slope, ls in ((1.0, ":"), (0.5, "-.")):
+            ax.plot(grid, ym * (grid / xm) ** slope, color=COLORS["edge"], lw=0.9, ls=ls, label=f"slope {slope:g}")
+        ax.legend(loc="upper left", fontsize=7.5)
+    if shown.sum() < len(d):
+        ax.text(0.98, 0.04, f"{len(d) - shown.sum()} B with shift <= 0 not shown", transform=ax.transAxes,
+                ha="right", fontsize=7.5, color=COLORS["empirical"])
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_ticks(ax, x)
+    ax.set_xlabel("1/B - 1/N")
+    ax.set_ylabel("shift Delta(B)")
+    ax.set_title(title, fontsize=9.5)
+
+
+def _plain_log_ticks(ax: Axes, x_ticks: np.ndarray | None = None) -> None:
+    """Log axes without crowded minor labels; ``x_ticks`` puts plain-number ticks at those x values."""
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_ylim()
+    if hi / lo < 100:  # two decades or less: label 1-2-5 steps, not just the powers of ten
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    if x_ticks is not None:
+        ax.xaxis.set_major_locator(FixedLocator(np.asarray(x_ticks, dtype=float)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+
+
+def prediction_panel(ax: Axes, batch_sizes: np.ndarray, mean: np.ndarray, se: np.ndarray, empirical: float,
+                     predictions: dict, *, sigmas: float, color: str, title: str) -> None:
+    """Measured extreme eigenvalue magnitude against B with the noise models' predictions (bands: one error)."""
+    b = np.asarray(batch_sizes, dtype=float)
+    ax.errorbar(b, np.abs(mean), yerr=sigmas * se, fmt="o", ms=4, color=color, capsize=2,
+                label=f"measured (mean, {sigmas:g} se)")
+    ax.axhline(abs(empirical), color=color, lw=0.9, ls="-.", label="empirical")
+    styles = {"isotropic Wigner": ("x", "--", COLORS["empirical"]), "directional": ("+", "--", COLORS["theory"]),
+              "rank-deficient MP": ("d", ":", "#ff7f0e")}
+    for name, (pred, err) in predictions.items():
+        marker, ls, c = styles.get(name, ("o", "-", "k"))
+        ax.plot(b, np.abs(pred), marker=marker, ls=ls, color=c, lw=1, ms=6, label=name)
+        ax.fill_between(b, np.abs(pred) - err, np.abs(pred) + err, color=c, alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_ticks(ax, b)
     ax.set_xlabel("batch size B")
+    ax.set_ylabel("|extreme eigenvalue|")
+    ax.set_title(title, fontsize=9.5)

@@ -26,6 +26,7 @@ __all__ = [
     "TrainSizes",
     "SpectraSizes",
     "LearnerSizes",
+    "ScalingSizes",
     "PROFILES",
     "load_profile",
     "profile_names",
@@ -68,7 +69,7 @@ class TheorySizes:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             _positive(f"theory.{f.name}", getattr(self, f.name))
-        if min(self.batch_sizes) > self.n_data:
+        if max(self.batch_sizes) > self.n_data:
             raise ProfileError("theory.batch_sizes must not exceed theory.n_data")
 
 
@@ -181,23 +182,27 @@ class SpectraSizes:
     """Sizes of the Spectra chapter: batch against empirical Hessian and GGN spectra.
 
     ``checkpoints``: epochs of the profile's training run to analyse (each must be a kept
-    checkpoint); ``dataset_size``: N, the training images (test-time transforms) whose
-    empirical Hessian is the reference; ``batch_sizes``: the grid of B, each below N;
-    ``draws``: random batches per B;
-    ``lanczos_steps`` / ``empirical_lanczos_steps``: Lanczos iterations per batch / empirical
-    spectrum; ``chunk_size``: images per product chunk; ``noise_samples`` x ``noise_probes``:
-    per-sample Hessians and Hutchinson probes for the direct noise estimate; ``dense_hidden`` /
-    ``dense_samples``: the MLP and data of the dense-Hessian validation panel.
+    checkpoint; at least two, since the first is shown but not judged); ``dataset_size``: N, the
+    training images (test-time transforms) whose empirical Hessian is the reference;
+    ``batch_sizes``: the grid of B, each below N; ``lanczos_steps``: Lanczos iterations of every
+    spectrum, batch and empirical alike. Draws: ``min_draws`` random batches per B first; then
+    each B gets the draws that bring the standard error of the shift to a quarter of the shift
+    (estimated from the first draws), at most ``max_draws``, while the draws of one matrix at one
+    checkpoint stay within ``batch_images`` images in all. ``chunk_size``: images per product
+    chunk; ``noise_samples`` x ``noise_probes``: per-sample matrices and Hutchinson probes for the
+    direct noise estimate; ``dense_hidden`` / ``dense_samples``: the MLP and data of the
+    dense-Hessian validation panel.
     """
 
-    checkpoints: tuple[int, ...] = (5, 15)
-    dataset_size: int = 1_000
-    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
-    draws: int = 3
-    lanczos_steps: int = 20
-    empirical_lanczos_steps: int = 40
-    chunk_size: int = 250
-    noise_samples: int = 16
+    checkpoints: tuple[int, ...] = (1, 2, 4)
+    dataset_size: int = 256
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    lanczos_steps: int = 16
+    min_draws: int = 4
+    max_draws: int = 24
+    batch_images: int = 480
+    chunk_size: int = 256
+    noise_samples: int = 64
     noise_probes: int = 2
     dense_hidden: int = 16
     dense_samples: int = 500
@@ -205,10 +210,142 @@ class SpectraSizes:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             _positive(f"spectra.{f.name}", getattr(self, f.name))
-        if len(self.batch_sizes) < 2:
-            raise ProfileError("spectra.batch_sizes needs at least two batch sizes")
+        if len(self.checkpoints) < 2:
+            raise ProfileError("spectra.checkpoints needs at least two epochs (the first is shown, not judged)")
+        if len(self.batch_sizes) < 3:
+            raise ProfileError("spectra.batch_sizes needs at least three batch sizes (to fit the shift's exponent)")
         if max(self.batch_sizes) >= self.dataset_size:
             raise ProfileError("spectra.batch_sizes must stay below spectra.dataset_size (B = N is the empirical matrix)")
+        if self.min_draws < 2:
+            raise ProfileError("spectra.min_draws must be at least 2 (a standard error needs two draws)")
+        if self.max_draws < self.min_draws:
+            raise ProfileError("spectra.max_draws must be at least spectra.min_draws")
+        if self.batch_images < self.min_draws * sum(self.batch_sizes):
+            raise ProfileError(f"spectra.batch_images must cover the first draws: at least min_draws x sum(batch_sizes) "
+                               f"= {self.min_draws * sum(self.batch_sizes)}")
+
+
+@dataclass(frozen=True)
+class ScalingSizes:
+    """Sizes of the Scaling chapter: largest stable learning rate against batch size.
+
+    Divergence sweeps start from the weights of the profile's training run at ``checkpoint``
+    (0: its first kept checkpoint) and train on ``train_subset`` images (a class-stratified draw
+    from the training subset). For every B in ``batch_sizes`` (increasing) and every optimiser
+    (plain SGD, SGD with ``momentum``, Adam), trials of ``steps`` optimiser steps at a constant
+    learning rate search the largest one that does not diverge: a ladder of factor
+    ``ladder_factor`` from a start (``sgd_start_lr``, ``momentum_start_lr``, ``adam_start_lr`` at
+    the smallest B, the previous B's stable rate after it; at most ``max_ladder_steps`` rungs),
+    then ``bisections`` halvings of log(lr), so the final bracket is a factor
+    ``ladder_factor ** (1 / 2 ** bisections)`` (at most 2^(1/4)). A trial diverges on a
+    non-finite loss or a training loss (the mean over ``loss_window`` consecutive steps) above
+    ``divergence_factor`` times the starting loss.
+    Adam trials first take ``adam_state_steps`` steps at learning rate 0, which fill Adam's
+    moment estimates without moving the weights. ``seeds``: sweeps per optimiser.
+
+    Prediction: ``curvature_draws`` batch Hessians per B from ``curvature_images`` images
+    (test-time transforms), top eigenvalue from ``lanczos_steps`` Lanczos steps.
+    Gradient noise scale: per-sample gradients of ``noise_samples`` images.
+
+    Parity: from ``parity_batch`` (B0) to 4 B0 and 16 B0, ``parity_epochs`` epochs on
+    ``parity_subset`` images, ``parity_seeds`` seeds, test accuracy on ``parity_test_subset``
+    test images; the base learning rates at B0 are ``parity_sgd_lr`` and ``parity_adam_lr`` (0:
+    ``parity_lr_fraction`` times the largest stable one measured there); runs start from the
+    sweep's checkpoint (``parity_from_checkpoint``) or from a fresh initialisation.
+    """
+
+    checkpoint: int = 0
+    train_subset: int = 4_096
+    batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
+    steps: int = 20
+    seeds: int = 1
+    divergence_factor: float = 1.2
+    loss_window: int = 10
+    momentum: float = 0.9
+    sgd_start_lr: float = 0.1
+    momentum_start_lr: float = 0.01
+    adam_start_lr: float = 0.001
+    ladder_factor: float = 4.0
+    bisections: int = 3
+    max_ladder_steps: int = 8
+    adam_state_steps: int = 6
+    curvature_images: int = 1_024
+    curvature_draws: int = 3
+    lanczos_steps: int = 12
+    noise_samples: int = 1_024
+    parity_batch: int = 16
+    parity_lr_fraction: float = 0.25
+    parity_sgd_lr: float = 0.0
+    parity_adam_lr: float = 0.0
+    parity_epochs: int = 1
+    parity_subset: int = 4_096
+    parity_seeds: int = 2
+    parity_test_subset: int = 10_000
+    parity_from_checkpoint: bool = True
+
+    def final_bracket(self) -> float:
+        """The factor between the ends of a finished bisection: ``ladder_factor ** (1 / 2 ** bisections)``."""
+        return float(self.ladder_factor ** (0.5 ** self.bisections))
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name not in ("checkpoint", "adam_state_steps", "parity_sgd_lr", "parity_adam_lr",
+                              "parity_from_checkpoint"):
+                _positive(f"scaling.{f.name}", getattr(self, f.name))
+        for name in ("checkpoint", "adam_state_steps", "parity_sgd_lr", "parity_adam_lr"):
+            if getattr(self, name) < 0:
+                raise ProfileError(f"scaling.{name} must not be negative, got {getattr(self, name)}")
+        if len(self.batch_sizes) < 3 or list(self.batch_sizes) != sorted(set(self.batch_sizes)):
+            raise ProfileError("scaling.batch_sizes needs at least three increasing batch sizes, "
+                               f"got {self.batch_sizes}")
+        if max(self.batch_sizes) > self.train_subset:
+            raise ProfileError(f"scaling.batch_sizes: {max(self.batch_sizes)} is larger than scaling.train_subset "
+                               f"({self.train_subset} images)")
+        if max(self.batch_sizes) > self.curvature_images:
+            raise ProfileError(f"scaling.batch_sizes: {max(self.batch_sizes)} is larger than "
+                               f"scaling.curvature_images ({self.curvature_images})")
+        if not self.divergence_factor > 1:
+            raise ProfileError(f"scaling.divergence_factor must exceed 1, got {self.divergence_factor}")
+        if self.loss_window > self.steps:
+            raise ProfileError(f"scaling.loss_window ({self.loss_window}) cannot exceed scaling.steps ({self.steps})")
+        if not 0 <= self.momentum < 1:
+            raise ProfileError(f"scaling.momentum must be in [0, 1), got {self.momentum}")
+        if not self.ladder_factor > 1:
+            raise ProfileError(f"scaling.ladder_factor must exceed 1, got {self.ladder_factor}")
+        if self.final_bracket() > 2 ** 0.25 * (1 + 1e-9):
+            raise ProfileError(f"scaling.ladder_factor {self.ladder_factor:g} with scaling.bisections {self.bisections} "
+                               f"leaves a final bracket of {self.final_bracket():.3g}, above 2^(1/4)")
+        if self.noise_samples < 2:
+            raise ProfileError(f"scaling.noise_samples needs at least 2 images, got {self.noise_samples}")
+        if self.parity_seeds < 2:
+            raise ProfileError(f"scaling.parity_seeds needs at least 2 seeds, got {self.parity_seeds}")
+        if not self.parity_lr_fraction <= 1:
+            raise ProfileError(f"scaling.parity_lr_fraction must be in (0, 1], got {self.parity_lr_fraction}")
+        if 16 * self.parity_batch > self.parity_subset:
+            raise ProfileError(f"scaling.parity_batch: 16 x {self.parity_batch} is larger than scaling.parity_subset "
+                               f"({self.parity_subset} images)")
+        if self.parity_test_subset > 10_000:
+            raise ProfileError("scaling.parity_test_subset cannot exceed the 10,000 CIFAR-100 test images")
+        if not (self.parity_sgd_lr and self.parity_adam_lr) and self.parity_batch not in self.batch_sizes:
+            raise ProfileError(f"scaling.parity_batch {self.parity_batch} must be one of scaling.batch_sizes "
+                               "(its base learning rate comes from the sweep there) unless scaling.parity_sgd_lr "
+                               "and scaling.parity_adam_lr are set")
+
+    def check_against(self, profile: "Profile") -> None:
+        """The checks that need the rest of the profile: subsets of its training images, a kept checkpoint."""
+        for name in ("train_subset", "curvature_images", "noise_samples", "parity_subset"):
+            if getattr(self, name) > profile.data.train_subset:
+                raise ProfileError(f"scaling.{name} ({getattr(self, name)}) cannot exceed data.train_subset "
+                                   f"({profile.data.train_subset})")
+        t = profile.train
+        if self.checkpoint and not (self.checkpoint == t.epochs or
+                                    (self.checkpoint < t.epochs and self.checkpoint % t.checkpoint_every == 0)):
+            raise ProfileError(f"scaling.checkpoint {self.checkpoint} is not a checkpoint the training run keeps "
+                               f"(every {t.checkpoint_every} epochs and the last, {t.epochs})")
+
+    def start_epoch(self, train: TrainSizes) -> int:
+        """The epoch of the training run the sweeps start from (``checkpoint``, or the first kept one)."""
+        return self.checkpoint or min(train.checkpoint_every, train.epochs)
 
 
 @dataclass(frozen=True)
@@ -283,6 +420,7 @@ class Profile:
     train: TrainSizes = field(default_factory=TrainSizes)
     spectra: SpectraSizes = field(default_factory=SpectraSizes)
     learner: LearnerSizes = field(default_factory=LearnerSizes)
+    scaling: ScalingSizes = field(default_factory=ScalingSizes)
 
     def validate(self) -> "Profile":
         for f in dataclasses.fields(self):
@@ -291,6 +429,7 @@ class Profile:
                 section.validate()
         if self.spectra.dataset_size > self.data.train_subset:
             raise ProfileError("spectra.dataset_size cannot exceed data.train_subset (its images come from it)")
+        self.scaling.check_against(self)
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Profile":
@@ -375,10 +514,19 @@ PROFILES: dict[str, Profile] = {
         train=TrainSizes(model="vgg16", width=1.0, epochs=300, batch_size=128, lr=0.05, momentum=0.9,
                          weight_decay=0.0, optimizer="sgd", schedule="authors", checkpoint_every=25),
         # The batch-Hessian study: B = 1..1024, 10 subsamples each, 100 Lanczos steps, every 25 epochs.
+        # (at least the authors' 10 draws per B; more where the shift needs them).
         spectra=SpectraSizes(checkpoints=(25, 100, 200, 300), dataset_size=10_000,
-                             batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), draws=10,
-                             lanczos_steps=100, empirical_lanczos_steps=100, chunk_size=1_000,
+                             batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), lanczos_steps=100,
+                             min_draws=10, max_draws=40, batch_images=200_000, chunk_size=1_000,
                              noise_samples=64, noise_probes=4, dense_hidden=32, dense_samples=2_000),
+        # Sweeps from the epoch-25 checkpoint on all of CIFAR-100, on the authors' sqrt(2) learning-rate grid
+        # (bisected once more to 2^(1/4)); parity as in their scripts: SGD 0.05 and Adam 4e-4 at B = 128, 300 epochs.
+        scaling=ScalingSizes(checkpoint=25, train_subset=50_000, batch_sizes=(32, 64, 128, 256, 512, 1024, 2048),
+                             steps=200, loss_window=20, seeds=3, ladder_factor=2 ** 0.5, bisections=1,
+                             max_ladder_steps=16,
+                             adam_state_steps=20, curvature_images=4_096, curvature_draws=10, lanczos_steps=100,
+                             noise_samples=4_096, parity_batch=128, parity_sgd_lr=0.05, parity_adam_lr=4e-4,
+                             parity_epochs=300, parity_subset=50_000, parity_seeds=2, parity_from_checkpoint=False),
         # The authors' learner: PreResNet-110 on all of CIFAR-100, full schedule, 20 Lanczos steps every epoch.
         learner=LearnerSizes(model="preresnet110", train_images=50_000, test_images=10_000, epochs=300,
                              curvature_images=1_024, lanczos_steps=20, every_steps=390, compare_batches=10),
@@ -401,9 +549,13 @@ PROFILES: dict[str, Profile] = {
         train=TrainSizes(model="fastcnn", width=0.5, dropout=0.0, epochs=2, batch_size=50, lr=0.2, nesterov=True,
                          weight_decay=5e-4, label_smoothing=0.2, schedule="linear", warmup_epochs=0.25,
                          checkpoint_every=1, eval_flip=True),
-        spectra=SpectraSizes(checkpoints=(1, 2), dataset_size=100, batch_sizes=(8, 16, 32), draws=2, lanczos_steps=6,
-                             empirical_lanczos_steps=8, chunk_size=50, noise_samples=4, noise_probes=1,
-                             dense_hidden=4, dense_samples=100),
+        spectra=SpectraSizes(checkpoints=(1, 2), dataset_size=100, batch_sizes=(8, 16, 32), lanczos_steps=6,
+                             min_draws=2, max_draws=3, batch_images=150, chunk_size=50, noise_samples=4,
+                             noise_probes=1, dense_hidden=4, dense_samples=100),
+        scaling=ScalingSizes(train_subset=200, batch_sizes=(4, 8, 16), steps=4, loss_window=2, max_ladder_steps=6,
+                             adam_state_steps=2, curvature_images=64, curvature_draws=1, lanczos_steps=5,
+                             noise_samples=16, parity_batch=4, parity_epochs=1, parity_subset=64,
+                             parity_test_subset=100),
         learner=LearnerSizes(train_images=200, test_images=200, epochs=1, curvature_images=50, lanczos_steps=4,
                              every_steps=2, compare_batches=2),
     ),

@@ -26,9 +26,7 @@ the transition.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -50,7 +48,8 @@ __all__ = [
     "sample_spiked_wishart",
     "sample_batch_hessian",
     "extreme_eigenvalues",
-    "limit_blas_threads",
+    "directional_outlier",
+    "rank_deficient_outlier",
 ]
 
 
@@ -256,6 +255,71 @@ def mp_spiked_top(spike: ArrayLike, q: ArrayLike, sigma2: float = 1.0) -> np.nda
 
 
 # ---------------------------------------------------------------------------
+# outliers of a batch matrix from a measured per-sample noise
+# ---------------------------------------------------------------------------
+
+
+def directional_outlier(theta: ArrayLike, x: ArrayLike, s2: ArrayLike) -> np.ndarray:
+    r"""Eigenvalue attached to a spike ``theta`` when the noise couples its eigenvector v to the rest.
+
+    For :math:`H_B = \theta vv^\top + \dots + \varepsilon` with :math:`\mathbb E\,\varepsilon = 0`,
+    second-order perturbation theory, averaged over the noise and with the rest of the spectrum
+    neglected against :math:`\lambda`, gives :math:`\lambda = \theta + x\,s_v^2/\lambda`, whose root
+    continuous in ``theta`` is
+
+    .. math:: \lambda = \tfrac12\Big(\theta + \operatorname{sign}\theta\,\sqrt{\theta^2 + 4 x s_v^2}\Big).
+
+    ``x``: :math:`1/B - 1/N` (>= 0); ``s2``: :math:`s_v^2 = \mathbb E_i\lVert(I - vv^\top)(M_i - M)v\rVert^2`,
+    the single-sample noise variance along v (>= 0). For isotropic Wigner noise :math:`s_v^2 = s_1^2`
+    and, for small shifts, it is the Wigner outlier :math:`\theta + s^2/\theta`. ``theta = 0`` is taken
+    as the top end. Inputs broadcast; returns an array of the broadcast shape.
+    """
+    theta = np.asarray(theta, dtype=float)
+    x = _nonneg_array("x", x)
+    s2 = _nonneg_array("s2", s2)
+    sign = np.where(theta < 0, -1.0, 1.0)
+    return 0.5 * (theta + sign * np.sqrt(theta**2 + 4.0 * x * s2))
+
+
+def rank_deficient_outlier(theta: ArrayLike, s1: ArrayLike, x: ArrayLike, dim: int, rank: float) -> np.ndarray:
+    r"""Extreme eigenvalue when the batch noise has low rank: a Marchenko-Pastur-like model.
+
+    The noise of a batch of B samples is a sum of B per-sample terms of rank at most ``rank``
+    (C - 1 for a softmax over C classes: the rank of each sample's Gauss-Newton term), so it has
+    rank at most ``rank`` * B, below P for small B, and it cannot be a Wigner matrix. Model it
+    as a centred sample covariance of :math:`R = r/x` Gaussian rank-one terms (``rank`` = r,
+    :math:`x = 1/B - 1/N`, so :math:`R = rB` for :math:`N \to \infty`), carrying a spike:
+
+    .. math:: H_B = S - \sigma_w^2 I, \qquad S = \tfrac1R\textstyle\sum_{j\le R} a_j a_j^\top, \qquad
+              a_j \sim \mathcal N(0, \sigma_w^2 I + \theta vv^\top),
+
+    so :math:`\mathbb E H_B = \theta vv^\top`. Matching its Frobenius noise to the measured one,
+    :math:`\mathbb E\lVert S - \mathbb E S\rVert_F^2 \approx P^2\sigma_w^4/R = P s_1^2 x`, gives
+    :math:`\sigma_w^2 = s_1\sqrt{r/P}`; the aspect ratio is :math:`q = P/R = Px/r`. The spiked
+    Marchenko-Pastur law (:func:`mp_spiked_top`, spike :math:`\ell = 1 + \theta/\sigma_w^2`) then gives
+
+    .. math:: \lambda = \theta + s_1 x\sqrt{P/r} + s_1^2 x/\theta \quad (\theta > s_1\sqrt x), \qquad
+              \lambda = 2 s_1\sqrt x + s_1 x\sqrt{P/r} \quad \text{otherwise:}
+
+    the Wigner outlier (or edge) plus an additive shift proportional to :math:`x \approx 1/B`. The
+    BBP threshold is the Wigner one. A negative ``theta`` gives the mirror image (the bottom end,
+    assuming the negative part of the noise has the same structure). ``x`` must be > 0; inputs
+    broadcast; returns an array of the broadcast shape.
+    """
+    dim = _positive_int("dim", dim)
+    rank = float(_positive_array("rank", rank))
+    theta = np.asarray(theta, dtype=float)
+    s1 = _nonneg_array("s1", s1)
+    x = _positive_array("x", x)
+    theta, s1, x = np.broadcast_arrays(theta, s1, x)
+    sigma2 = np.maximum(s1 * np.sqrt(rank / dim), np.finfo(float).tiny)
+    q = dim * x / rank
+    ell = 1.0 + np.abs(theta) / sigma2
+    top = mp_spiked_top(ell, q, 1.0) * sigma2 - sigma2
+    return np.where(theta < 0, -1.0, 1.0) * top
+
+
+# ---------------------------------------------------------------------------
 # samplers
 # ---------------------------------------------------------------------------
 
@@ -343,51 +407,3 @@ def extreme_eigenvalues(matrix: ArrayLike) -> tuple[float, float]:
         raise ValueError("matrix is not symmetric")
     ev = scipy.linalg.eigvalsh(m, check_finite=True)
     return float(ev[-1]), float(ev[0])
-
-
-def _openblas_thread_controls() -> list[tuple[object, object]]:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process (Linux)."""
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return []
-    controls = []
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", "", "_"):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    get.restype, get.argtypes = ctypes.c_int, []
-                    put.restype, put.argtypes = None, [ctypes.c_int]
-                    controls.append((get, put))
-                    break
-            else:
-                continue
-            break
-    return controls
-
-
-@contextlib.contextmanager
-def limit_blas_threads(n: int = 1) -> Iterator[None]:
-    """Run the block with at most ``n`` OpenBLAS threads, then restore the previous count.
-
-    Dense eigensolvers of matrices with P ~ 1000 gain little from threads, and on
-    a machine whose cores are shared, spinning BLAS threads can slow them down by
-    an order of magnitude. A no-op where no OpenBLAS is found.
-    """
-    n = _positive_int("n", n)
-    controls = _openblas_thread_controls()
-    previous = [get() for get, _ in controls]
-    try:
-        for _, put in controls:
-            put(n)
-        yield
-    finally:
-        for (_, put), old in zip(controls, previous):
-            put(old)

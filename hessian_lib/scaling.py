@@ -18,7 +18,9 @@ Throughout, ``kappa_p`` stands for the product :math:`\kappa P`.
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,8 +40,13 @@ __all__ = [
     "linear_scaled_lr",
     "sqrt_scaled_lr",
     "loglog_slope",
+    "weighted_least_squares",
     "fit_inverse_batch_shift",
     "fit_saturating_lr",
+    "Interval",
+    "bootstrap_slope",
+    "fit_saturating_brackets",
+    "fit_power_brackets",
 ]
 
 
@@ -175,6 +182,39 @@ def loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
     return slope, stderr
 
 
+def weighted_least_squares(design: ArrayLike, values: ArrayLike, weights: ArrayLike | None = None) -> dict:
+    r"""Weighted least squares :math:`\min_c \sum_i w_i (v_i - (Xc)_i)^2`, with the covariance of :math:`c`.
+
+    ``design``: ``[n, k]`` (:math:`X`, n > k, full column rank); ``values``: ``[n]``;
+    ``weights``: ``[n]`` inverse variances :math:`w_i = 1/\sigma_i^2` (default all 1).
+    Returns ``coef`` [k]; ``cov_unscaled`` [k, k] :math:`= (X^\top W X)^{-1}`, the covariance
+    when the :math:`\sigma_i` are the true standard errors; ``chi2_red``
+    :math:`= \sum_i w_i r_i^2/(n - k)`; ``cov`` [k, k] :math:`=` ``cov_unscaled * chi2_red``, the
+    covariance when only the relative weights are known; ``residuals`` [n] :math:`v - Xc`; ``dof``.
+    """
+    x = np.asarray(design, dtype=float)
+    v = np.asarray(values, dtype=float).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != v.size:
+        raise ValueError(f"design must be [n, k] with n = len(values) = {v.size}, got shape {x.shape}")
+    n, k = x.shape
+    if n <= k:
+        raise ValueError(f"need more points than parameters, got {n} points for {k} parameters")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(v))):
+        raise ValueError("design and values must be finite")
+    w = np.ones(n) if weights is None else _positive("weights", weights).reshape(-1)
+    if w.size != n:
+        raise ValueError("weights must have the length of values")
+    sw = np.sqrt(w)
+    coef, _, rank, _ = np.linalg.lstsq(x * sw[:, None], v * sw, rcond=None)
+    if rank < k:
+        raise ValueError("the design matrix is rank-deficient: the parameters are not identifiable")
+    resid = v - x @ coef
+    chi2_red = float((w * resid**2).sum() / (n - k))
+    cov_unscaled = np.linalg.inv(x.T @ (x * w[:, None]))
+    return {"coef": coef, "cov_unscaled": cov_unscaled, "cov": cov_unscaled * chi2_red, "chi2_red": chi2_red,
+            "residuals": resid, "dof": n - k}
+
+
 def fit_inverse_batch_shift(
     batch_sizes: ArrayLike,
     values: ArrayLike,
@@ -211,20 +251,15 @@ def fit_inverse_batch_shift(
     w = np.ones_like(x) if weights is None else _positive("weights", weights).reshape(-1)
     if w.size != x.size:
         raise ValueError("weights must have the length of batch_sizes")
-    design = np.stack([np.ones_like(x), x], axis=1)
-    sw = np.sqrt(w)
-    coef, *_ = np.linalg.lstsq(design * sw[:, None], v * sw, rcond=None)
-    resid = v - design @ coef
-    dof = x.size - 2
-    chi2_red = float((w * resid**2).sum() / dof)
-    cov = np.linalg.inv(design.T @ (design * w[:, None])) * chi2_red
+    fit = weighted_least_squares(np.stack([np.ones_like(x), x], axis=1), v, w)
+    coef, cov = fit["coef"], fit["cov"]
     return {
         "a": float(coef[0]),
         "b": float(coef[1]),
         "a_err": float(np.sqrt(cov[0, 0])),
         "b_err": float(np.sqrt(cov[1, 1])),
         "cov_ab": float(cov[0, 1]),
-        "chi2_red": chi2_red,
+        "chi2_red": fit["chi2_red"],
         "n": int(x.size),
     }
 
@@ -296,4 +331,251 @@ def fit_saturating_lr(
         "critical_batch_err": b_star * float(sd[1]),
         "log_residual_rms": float(np.sqrt(np.mean(resid**2))),
         "n": int(b.size),
+    }
+
+
+# ---------------------------------------------------------------------------
+# fits to bisection brackets, with bootstrap intervals
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval ``[low, high]`` at ``level`` (e.g. 0.95)."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        for name in ("estimate", "low", "high", "level"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    def contains(self, value: float) -> bool:
+        """``low <= value <= high`` (ends included)."""
+        return bool(self.low <= value <= self.high)
+
+    def excludes(self, value: float) -> bool:
+        """The interval lies strictly on one side of ``value``."""
+        return not self.contains(value)
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}]"
+
+
+def _brackets(batch_sizes: ArrayLike, lower: ArrayLike, upper: ArrayLike,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch sizes [n] and log bracket ends [seeds, n], checked: finite, 0 < lower < upper; 0 < level < 1."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    b = _positive("batch_sizes", batch_sizes).reshape(-1)
+    lo = np.atleast_2d(np.asarray(lower, dtype=float))
+    hi = np.atleast_2d(np.asarray(upper, dtype=float))
+    if lo.shape != hi.shape or lo.shape[1] != b.size:
+        raise ValueError(f"lower and upper must be [n] or [seeds, n] with n = {b.size} batch sizes, "
+                         f"got {lo.shape} and {hi.shape}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or np.any(lo <= 0) or np.any(hi <= lo):
+        raise ValueError("every bracket needs finite ends with 0 < lower < upper (drop unbracketed batch sizes)")
+    if np.unique(b).size < 2:
+        raise ValueError("need at least two distinct batch sizes")
+    return b, np.log(lo), np.log(hi)
+
+
+def _bracket_replicates(log_lo: np.ndarray, log_hi: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, seeds, n] log learning rates: seeds resampled with replacement (when there are several),
+    each value uniform in log inside its bracket."""
+    rng = np.random.default_rng(seed)
+    seeds = log_lo.shape[0]
+    rows = rng.integers(0, seeds, size=(n_boot, seeds)) if seeds > 1 else np.zeros((n_boot, 1), dtype=int)
+    u = rng.random((n_boot,) + log_lo.shape)
+    return log_lo[rows] + u * (log_hi - log_lo)[rows]
+
+
+def _ols_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slopes of y [..., m] against x [m] along the last axis."""
+    dx = x - x.mean()
+    return (y - y.mean(axis=-1, keepdims=True)) @ dx / float(dx @ dx)
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_slope(
+    batch_sizes: ArrayLike,
+    lower: ArrayLike,
+    upper: ArrayLike,
+    *,
+    n_boot: int = 4000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    r"""Log-log slope of :math:`\alpha_{\max}` against B, from bisection brackets, with a bootstrap interval.
+
+    ``batch_sizes`` [n]; ``lower``/``upper`` [n] or [seeds, n]: the final bracket of each sweep
+    (largest stable, smallest diverged learning rate). The estimate is the least-squares slope
+    through the geometric midpoints (all seeds pooled). The interval is the percentile interval
+    of ``n_boot`` replicates, each of which resamples the seeds with replacement (when there are
+    several) and treats every :math:`\alpha_{\max}` as uniform in :math:`\log\alpha` inside its
+    bracket. With one seed, the interval expresses the bisection's resolution only.
+    """
+    b, log_lo, log_hi = _brackets(batch_sizes, lower, upper, level)
+    seeds = log_lo.shape[0]
+    x = np.tile(np.log(b), seeds)
+    estimate = float(_ols_slopes(x, (0.5 * (log_lo + log_hi)).reshape(-1)))
+    replicates = _bracket_replicates(log_lo, log_hi, n_boot, seed).reshape(n_boot, -1)
+    low, high = _percentiles(_ols_slopes(x, replicates), level)
+    return Interval(estimate, low, high, level)
+
+
+def _saturating_profile(b: np.ndarray, y: np.ndarray, log_b_star: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each candidate log B* [g]: the best log alpha_inf and the residual sum of squares, for y [..., m]."""
+    shape = -np.log1p(np.exp(log_b_star)[:, None] / b[None, :])  # [g, m]
+    intercept = (y[..., None, :] - shape).mean(axis=-1)  # [..., g]
+    resid = y[..., None, :] - shape - intercept[..., None]
+    return intercept, (resid**2).sum(axis=-1)
+
+
+def _saturating_point(b: np.ndarray, y: np.ndarray, bounds: tuple[float, float]) -> tuple[float, float]:
+    grid = np.linspace(*bounds, 801)
+    _, sse = _saturating_profile(b, y, grid)
+    k = int(np.argmin(sse))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+    best = scipy.optimize.minimize_scalar(lambda u: float(_saturating_profile(b, y, np.array([u]))[1][0]),
+                                          bounds=(lo, hi), method="bounded", options={"xatol": 1e-8})
+    u = float(best.x) if best.fun <= sse[k] else float(grid[k])
+    intercept, _ = _saturating_profile(b, y, np.array([u]))
+    return float(intercept[0]), u
+
+
+def _through_brackets(shape: np.ndarray, log_lo: np.ndarray, log_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For curves ``c + shape`` ([g, n] shapes, bracket ends [n]): the gap ``max(lo - shape) - min(hi - shape)``
+    (<= 0: some intercept c puts the curve inside every bracket) and the minimax intercept, each [g]."""
+    top = (log_lo - shape).max(axis=-1)
+    bottom = (log_hi - shape).min(axis=-1)
+    return top - bottom, 0.5 * (top + bottom)
+
+
+def _inside(curve: np.ndarray, log_lo: np.ndarray, log_hi: np.ndarray) -> np.ndarray:
+    """Where ``curve`` [n] lies inside the brackets ``[exp(log_lo), exp(log_hi)]`` (ends included, up to rounding)."""
+    return (np.exp(log_lo) <= curve * (1 + 1e-12)) & (curve <= np.exp(log_hi) * (1 + 1e-12))
+
+
+def fit_saturating_brackets(
+    batch_sizes: ArrayLike,
+    lower: ArrayLike,
+    upper: ArrayLike,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    range_factor: float = 1000.0,
+) -> dict[str, object]:
+    r"""Fit :math:`\alpha_{\max}(B) = \alpha_\infty / (1 + B^*/B)` to bisection brackets, with bootstrap intervals.
+
+    Least squares in :math:`\log\alpha` through the geometric bracket midpoints (seeds pooled);
+    :math:`\log\alpha_\infty` is solved in closed form for every :math:`B^*`, and :math:`\log B^*`
+    is searched on ``[min B / range_factor, max B * range_factor]``, so the fit always returns.
+    Intervals: percentiles of refits to the replicates of :func:`bootstrap_slope`'s scheme.
+
+    Returns ``lr_inf`` and ``critical_batch`` (:class:`Interval` each); ``b_star_at_bound``: the
+    point estimate of :math:`B^*` sits at an end of the search range (all points in the linear
+    regime, or all saturated: :math:`B^*` not identified); ``fitted`` [n]: the least-squares law
+    at each B; ``log_residual_rms``.
+
+    Whether the law can pass through the brackets is a separate question from the best fit (a
+    least-squares curve may graze past a bracket that another law of the family goes through):
+    ``through`` [n] is the law of the family whose largest miss (in :math:`\log\alpha`) over the
+    brackets (the union of the seeds' brackets at each B) is smallest, ``passes`` [n] bool says
+    where it lies inside the bracket (all True: some saturating law passes through every
+    bracket), and ``consistent_critical_batch`` is the ``(low, high)`` range of :math:`B^*` for
+    which one does (``nan`` when none does; ends at the search range mean unbounded).
+    """
+    if not range_factor > 1:
+        raise ValueError(f"range_factor must exceed 1, got {range_factor}")
+    b, log_lo, log_hi = _brackets(batch_sizes, lower, upper, level)
+    seeds = log_lo.shape[0]
+    if b.size < 3:
+        raise ValueError("need at least 3 batch sizes to fit 2 parameters")
+    bounds = (float(np.log(b.min() / range_factor)), float(np.log(b.max() * range_factor)))
+    bb = np.tile(b, seeds)
+    y = (0.5 * (log_lo + log_hi)).reshape(-1)
+    log_inf, log_b_star = _saturating_point(bb, y, bounds)
+    grid = np.linspace(*bounds, 601)
+    replicates = _bracket_replicates(log_lo, log_hi, n_boot, seed).reshape(n_boot, -1)
+    rep_inf = np.empty(n_boot)
+    rep_star = np.empty(n_boot)
+    for start in range(0, n_boot, 200):
+        intercept, sse = _saturating_profile(bb, replicates[start:start + 200], grid)
+        k = np.argmin(sse, axis=-1)
+        rep_star[start:start + 200] = grid[k]
+        rep_inf[start:start + 200] = intercept[np.arange(k.size), k]
+    fitted = np.exp(log_inf - np.log1p(np.exp(log_b_star) / b))
+    resid = y - np.tile(np.log(fitted), seeds)
+    step = grid[1] - grid[0]
+    # the law that misses the brackets least (minimax in log), on a fine grid of B* refined around its best point
+    lo_env, hi_env = log_lo.min(axis=0), log_hi.max(axis=0)
+    fine = np.linspace(*bounds, 4001)
+    shapes = -np.log1p(np.exp(fine)[:, None] / b[None, :])
+    gap, intercept = _through_brackets(shapes, lo_env, hi_env)
+    k = int(np.argmin(gap))
+    best = scipy.optimize.minimize_scalar(
+        lambda u: float(_through_brackets(-np.log1p(np.exp(u) / b)[None, :], lo_env, hi_env)[0][0]),
+        bounds=(fine[max(k - 1, 0)], fine[min(k + 1, fine.size - 1)]), method="bounded", options={"xatol": 1e-10})
+    u = float(best.x) if best.fun < gap[k] else float(fine[k])
+    shape = -np.log1p(np.exp(u) / b)
+    _, c = _through_brackets(shape[None, :], lo_env, hi_env)
+    through = np.exp(c[0] + shape)
+    feasible = fine[gap <= 0]
+    consistent = (float(np.exp(feasible.min())), float(np.exp(feasible.max()))) if feasible.size else (math.nan, math.nan)
+    return {
+        "lr_inf": Interval(float(np.exp(log_inf)), *np.exp(_percentiles(rep_inf, level)), level),
+        "critical_batch": Interval(float(np.exp(log_b_star)), *np.exp(_percentiles(rep_star, level)), level),
+        "b_star_at_bound": bool(min(log_b_star - bounds[0], bounds[1] - log_b_star) < step),
+        "fitted": fitted,
+        "through": through,
+        "passes": _inside(through, lo_env, hi_env),
+        "consistent_critical_batch": consistent,
+        "log_residual_rms": float(np.sqrt(np.mean(resid**2))),
+    }
+
+
+def fit_power_brackets(
+    batch_sizes: ArrayLike,
+    lower: ArrayLike,
+    upper: ArrayLike,
+    exponent: float = 0.5,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, object]:
+    r"""Fit :math:`\alpha_{\max}(B) = c\,B^{p}` with the exponent fixed (the square-root law: ``p = 0.5``).
+
+    ``log c`` is the mean of :math:`\log\alpha - p\log B` over the geometric bracket midpoints
+    (seeds pooled). Returns ``coefficient`` (:class:`Interval`, bootstrap as in
+    :func:`bootstrap_slope`), ``fitted`` [n], ``log_residual_rms``, and, as in
+    :func:`fit_saturating_brackets`, ``through`` [n] (the law of this exponent that misses the
+    brackets least) with ``passes`` [n] (where it lies inside the bracket).
+    """
+    b, log_lo, log_hi = _brackets(batch_sizes, lower, upper, level)
+    seeds = log_lo.shape[0]
+    shift = np.tile(exponent * np.log(b), seeds)
+    y = (0.5 * (log_lo + log_hi)).reshape(-1)
+    log_c = float(np.mean(y - shift))
+    replicates = _bracket_replicates(log_lo, log_hi, n_boot, seed).reshape(n_boot, -1)
+    low, high = _percentiles((replicates - shift).mean(axis=-1), level)
+    fitted = np.exp(log_c + exponent * np.log(b))
+    lo_env, hi_env = log_lo.min(axis=0), log_hi.max(axis=0)
+    _, c = _through_brackets(exponent * np.log(b)[None, :], lo_env, hi_env)
+    through = np.exp(c[0] + exponent * np.log(b))
+    return {
+        "coefficient": Interval(float(np.exp(log_c)), float(np.exp(low)), float(np.exp(high)), level),
+        "fitted": fitted,
+        "through": through,
+        "passes": _inside(through, lo_env, hi_env),
+        "log_residual_rms": float(np.sqrt(np.mean((y - log_c - shift) ** 2))),
     }

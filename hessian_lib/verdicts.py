@@ -32,12 +32,17 @@ __all__ = [
     "CLAIM_CHAPTERS",
     "CLAIMS",
     "DOES_NOT_HOLD",
+    "EDGE_GAMMA",
+    "GAMMA_CONFIDENCE",
     "HOLDS",
     "NOT_RUN",
     "NO_CHAPTER",
+    "OUTLIER_GAMMA",
     "PARTLY",
+    "SHIFT_SIGMAS",
     "VERDICT_WORDS",
     "ScoreboardRow",
+    "ShiftEvidence",
     "Verdict",
     "claim2_verdict",
     "formula_reproduced",
@@ -45,7 +50,23 @@ __all__ = [
     "load_verdicts",
     "record_verdict",
     "scoreboard",
+    "shift_checkpoint_verdict",
+    "shift_claim_verdict",
     "verdict_config",
+    "CLAIM4_ALTERNATIVE",
+    "CLAIM4_SLOPE",
+    "CLAIM4_SMALL_BATCHES",
+    "CLAIM5_ALTERNATIVE",
+    "CLAIM5_SLOPE",
+    "GROWTH_SLOPE",
+    "PARITY_POINTS",
+    "SCALING_LEVEL",
+    "claim4_conditions",
+    "claim4_verdict",
+    "claim5_verdict",
+    "interval_above",
+    "interval_contains",
+    "parity_holds",
 ]
 
 #: The three verdict words a rule may return.
@@ -171,6 +192,83 @@ def claim2_verdict(max_errors: Mapping[str, float]) -> str:
     return HOLDS if all(reproduced) else PARTLY if any(reproduced) else DOES_NOT_HOLD
 
 
+# --- Claims 1 and 3: the batch shift of the extreme eigenvalues (Spectra chapter) ------------------
+
+#: The shift Delta(B) counts as measured at a batch size when it exceeds this many standard errors (strictly).
+SHIFT_SIGMAS = 2.0
+#: Confidence level of the interval of the exponent gamma in Delta(B) ~ (1/B - 1/N)^gamma.
+GAMMA_CONFIDENCE = 0.95
+#: gamma of the outlier regime (theta + s^2/theta: a shift proportional to s^2, i.e. to 1/B - 1/N).
+OUTLIER_GAMMA = 1.0
+#: gamma of the bulk-edge regime (2s: a shift proportional to s, i.e. to the square root of 1/B - 1/N).
+EDGE_GAMMA = 0.5
+
+
+@dataclass(frozen=True)
+class ShiftEvidence:
+    """The numbers behind the shift rule at one end of one matrix at one checkpoint.
+
+    ``shift``, ``stderr``: Delta(B) and its standard error over batch draws, one value per B of the
+    grid; ``gamma_low``, ``gamma_high``: the :data:`GAMMA_CONFIDENCE` interval of gamma (NaN when
+    gamma could not be fitted).
+    """
+
+    shift: tuple[float, ...]
+    stderr: tuple[float, ...]
+    gamma_low: float
+    gamma_high: float
+
+    def significant(self) -> bool:
+        """Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at every B (NaN fails)."""
+        return bool(self.shift) and all(d > SHIFT_SIGMAS * e for d, e in zip(self.shift, self.stderr, strict=True))
+
+    def contains(self, gamma: float) -> bool:
+        """The interval of gamma contains ``gamma`` (closed interval; NaN bounds contain nothing)."""
+        return bool(self.gamma_low <= gamma <= self.gamma_high)
+
+    def regime(self) -> str:
+        """Which regime the interval contains: 'outlier (gamma = 1)', 'bulk edge (gamma = 1/2)', 'both' or 'neither'."""
+        outlier, edge = self.contains(OUTLIER_GAMMA), self.contains(EDGE_GAMMA)
+        return "both" if outlier and edge else "outlier (gamma = 1)" if outlier else \
+            "bulk edge (gamma = 1/2)" if edge else "neither"
+
+
+def shift_checkpoint_verdict(ends: Mapping[str, ShiftEvidence]) -> str:
+    """The shift rule at one checkpoint, over the ends of one matrix ({'top': ..., 'bottom': ...}).
+
+    :data:`HOLDS` when at every end Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at every
+    B and the interval of gamma contains :data:`OUTLIER_GAMMA`; :data:`PARTLY` when the shift is
+    significant at every B of every end but some interval excludes it; :data:`DOES_NOT_HOLD` otherwise.
+    """
+    if not ends:
+        raise ValueError("the shift rule needs at least one end")
+    if not all(e.significant() for e in ends.values()):
+        return DOES_NOT_HOLD
+    return HOLDS if all(e.contains(OUTLIER_GAMMA) for e in ends.values()) else PARTLY
+
+
+def shift_claim_verdict(checkpoints: Mapping[int, Mapping[str, ShiftEvidence]]) -> tuple[str, dict[int, str]]:
+    """Claims 1 (Hessian, both ends) and 3 (GGN, top end): the verdict over checkpoints after the first.
+
+    ``checkpoints``: epoch -> end -> evidence; the earliest epoch is not judged (the network has
+    barely trained). Each later checkpoint gets :func:`shift_checkpoint_verdict`. The claim
+    :data:`HOLDS` when every judged checkpoint holds; it holds :data:`PARTLY` when the holds
+    condition is met at some judged checkpoints only, or when every judged checkpoint is at least
+    partly; otherwise (the weakest over the judged checkpoints) it :data:`DOES_NOT_HOLD`. Returns the
+    verdict and the per-checkpoint verdicts of the judged epochs.
+    """
+    epochs = sorted(checkpoints)
+    if len(epochs) < 2:
+        raise ValueError("the shift claims need at least two checkpoints (the first is not judged)")
+    judged = {e: shift_checkpoint_verdict(checkpoints[e]) for e in epochs[1:]}
+    words = set(judged.values())
+    if words == {HOLDS}:
+        return HOLDS, judged
+    if HOLDS in words or DOES_NOT_HOLD not in words:
+        return PARTLY, judged
+    return DOES_NOT_HOLD, judged
+
+
 # --- The scoreboard --------------------------------------------------------------------------------
 
 
@@ -254,3 +352,91 @@ def claim6_verdict(learner_acc: float, best_sgd_acc: float, learner_lrs: Any,
     if trains and close and inside:
         return HOLDS
     return PARTLY if trains else DOES_NOT_HOLD
+
+
+# --- Claims 4 and 5: largest stable learning rate against batch size (Scaling chapter) -------------
+
+#: Confidence level of every slope interval of claims 4 and 5.
+SCALING_LEVEL = 0.95
+#: Claim 4 looks for linear scaling in the small-batch regime: the slope over this many smallest batch sizes ...
+CLAIM4_SMALL_BATCHES = 3
+#: ... must have an interval containing this slope ...
+CLAIM4_SLOPE = 1.0
+#: ... and excluding this one (the square-root law, which the pure spiked-Wigner edge predicts).
+CLAIM4_ALTERNATIVE = 0.5
+#: Claim 5: the slope over the whole grid must have an interval containing this slope (square-root rule) ...
+CLAIM5_SLOPE = 0.5
+#: ... and excluding this one (linear scaling).
+CLAIM5_ALTERNATIVE = 1.0
+#: Growth of lr_max with B, for 'partly': the interval over the whole grid lies above this slope.
+GROWTH_SLOPE = 0.0
+#: Parity: a scaled run ends within this many percentage points of B0's test accuracy (means over seeds),
+#: and a control more than this many below it.
+PARITY_POINTS = 2.0
+
+
+def _ends(interval: Any) -> tuple[float, float]:
+    """``(low, high)`` of an interval given as a pair or an object with ``low`` and ``high``."""
+    low, high = (interval.low, interval.high) if hasattr(interval, "low") else interval
+    return float(low), float(high)
+
+
+def interval_contains(interval: Any, value: float) -> bool:
+    """``low <= value <= high`` (ends included; a NaN end contains nothing)."""
+    low, high = _ends(interval)
+    return bool(low <= value <= high)
+
+
+def interval_above(interval: Any, value: float) -> bool:
+    """The whole interval lies strictly above ``value``."""
+    return bool(_ends(interval)[0] > value)
+
+
+def claim4_conditions(small_slope: Any, grid_slope: Any, saturating_passes: bool) -> dict[str, bool]:
+    """The three tests behind claim 4, by name.
+
+    ``linear``: the slope over the :data:`CLAIM4_SMALL_BATCHES` smallest batch sizes has an interval
+    that contains :data:`CLAIM4_SLOPE` and excludes :data:`CLAIM4_ALTERNATIVE`; ``saturating``: the
+    saturating law passes through the final bracket at every grid point (``saturating_passes``);
+    ``grows``: the slope over the whole grid has an interval above :data:`GROWTH_SLOPE`.
+    """
+    return {
+        "linear": interval_contains(small_slope, CLAIM4_SLOPE) and not interval_contains(small_slope, CLAIM4_ALTERNATIVE),
+        "saturating": bool(saturating_passes),
+        "grows": interval_above(grid_slope, GROWTH_SLOPE),
+    }
+
+
+def claim4_verdict(small_slope: Any, grid_slope: Any, saturating_passes: bool) -> str:
+    """Claim 4 (SGD): :data:`HOLDS` when ``linear`` and ``saturating`` both pass (:func:`claim4_conditions`);
+    :data:`PARTLY` when ``grows`` passes and exactly one of the two fails; :data:`DOES_NOT_HOLD` otherwise."""
+    c = claim4_conditions(small_slope, grid_slope, saturating_passes)
+    if c["linear"] and c["saturating"]:
+        return HOLDS
+    if c["grows"] and c["linear"] != c["saturating"]:
+        return PARTLY
+    return DOES_NOT_HOLD
+
+
+def claim5_verdict(grid_slope: Any) -> str:
+    """Claim 5 (Adam): :data:`HOLDS` when the slope over the grid has an interval that contains
+    :data:`CLAIM5_SLOPE` and excludes :data:`CLAIM5_ALTERNATIVE`; :data:`PARTLY` when it only lies above
+    :data:`GROWTH_SLOPE`; :data:`DOES_NOT_HOLD` otherwise."""
+    if interval_contains(grid_slope, CLAIM5_SLOPE) and not interval_contains(grid_slope, CLAIM5_ALTERNATIVE):
+        return HOLDS
+    if interval_above(grid_slope, GROWTH_SLOPE):
+        return PARTLY
+    return DOES_NOT_HOLD
+
+
+def parity_holds(base_acc: float, scaled_accs: Any, control_acc: float) -> bool:
+    """Training parity (accuracies in percent, each a mean over seeds): every scaled run ends within
+    :data:`PARITY_POINTS` of ``base_acc`` (B0) and the control ends more than :data:`PARITY_POINTS`
+    below it. A NaN (a diverged run) fails the scaled test and counts as far below for the control."""
+    scaled = [float(a) for a in scaled_accs]
+    if not scaled:
+        raise ValueError("parity needs at least one scaled run")
+    within = all(abs(a - base_acc) <= PARITY_POINTS for a in scaled)
+    control = float(control_acc)
+    below = math.isnan(control) or control < base_acc - PARITY_POINTS
+    return bool(within and below and math.isfinite(base_acc))

@@ -323,24 +323,35 @@ def test_restores_train_mode_after_products_and_errors():
 
 
 # ------------------------------------------------------------------ distributed (gloo, 2 processes)
-def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _gloo_worker(rank: int, world: int, init_file: str, out_dir: str, fn) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = _cnn()
-        x, y = _data("cnn", n=30)
-        shards = {0: _split(x[:13], y[:13], [6]), 1: [(x[13:], y[13:])]}  # unequal shards
-        op = HessianOperator(model, LOSS, shards[rank])
-        assert op.num_samples == 30
-        v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
-        hv = op.matvec(v)
-        gv = GGNOperator(model, LOSS, shards[rank], weight_decay=0.1).matvec(v)
-        res = lanczos(op, 10, seed=1)
-        torch.save({"hv": hv, "gv": gv, "ritz": res.ritz_values}, os.path.join(out_dir, f"r{rank}.pt"))
+        torch.save(fn(rank), os.path.join(out_dir, f"r{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def run_on_two_processes(fn) -> list:
+    """``[fn(0), fn(1)]``, each run in its own process of a 2-process gloo group (``fn`` must be
+    a module-level function, so that the processes can import it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_gloo_worker, args=(2, os.path.join(tmp, "init"), tmp, fn), nprocs=2, join=True)
+        return [torch.load(os.path.join(tmp, f"r{r}.pt")) for r in range(2)]
+
+
+def _shard_products(rank: int) -> dict:
+    model = _cnn()
+    x, y = _data("cnn", n=30)
+    shards = {0: _split(x[:13], y[:13], [6]), 1: [(x[13:], y[13:])]}  # unequal shards
+    op = HessianOperator(model, LOSS, shards[rank])
+    assert op.num_samples == 30
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+    hv = op.matvec(v)
+    gv = GGNOperator(model, LOSS, shards[rank], weight_decay=0.1).matvec(v)
+    return {"hv": hv, "gv": gv, "ritz": lanczos(op, 10, seed=1).ritz_values}
 
 
 def test_distributed_equals_single_process():
@@ -351,9 +362,7 @@ def test_distributed_equals_single_process():
     hv = op.matvec(v)
     gv = GGNOperator(model, LOSS, (x, y), weight_decay=0.1, distributed=False).matvec(v)
     ritz = lanczos(op, 10, seed=1).ritz_values
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        outs = [torch.load(os.path.join(tmp, f"r{r}.pt")) for r in range(2)]
+    outs = run_on_two_processes(_shard_products)
     for o in outs:
         assert _rel(o["hv"], hv) < 1e-5
         assert _rel(o["gv"], gv) < 1e-5

@@ -1,82 +1,187 @@
-"""Library code of the Spectra chapter: fits, the direct noise estimate and the verdict logic."""
+"""Library code of the Spectra chapter: draws, the shift and its exponent, the noise estimate, spectra, the store."""
+
+import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from hessian_lib.curvature import dense_hessian
+from hessian_lib.curvature import dense_ggn, dense_hessian
 from hessian_lib.experiments import spectra as S
+from hessian_lib.profiles import SpectraSizes, load_profile
+from hessian_lib.store import ResultsStore
 
 
-def test_linear_form_is_recovered_and_preferred_for_an_outlier_law():
+# ----------------------------------------------------------------------------- draws
+
+
+def test_required_draws_reaches_the_target_standard_error():
+    # mean 4, sd sqrt(2), shift 2: (sqrt(2) / (0.25 * 2))^2 = 8 draws
+    assert S.required_draws(np.array([3.0, 5.0]), 2.0) == 8
+    assert S.required_draws(np.array([3.0, 5.0]), 2.0, target=0.5) == 2
+    assert S.required_draws(np.array([3.0, 5.0]), 4.0) == math.inf      # no shift: as many as allowed
+    assert S.required_draws(np.array([3.0, np.nan]), 1.0) == math.inf    # one finite draw: no spread
+
+
+def test_plan_draws_grants_the_cheapest_needs_first_within_the_budget():
+    b = [4, 16, 64]
+    first = 2 * sum(b)  # 168 images for the first draws
+    # everything fits
+    np.testing.assert_array_equal(S.plan_draws([5, 5, 5], b, min_draws=2, max_draws=10, budget=10_000), [5, 5, 5])
+    # capped at max_draws, never below min_draws
+    np.testing.assert_array_equal(S.plan_draws([math.inf, 1, 30], b, min_draws=2, max_draws=10, budget=10_000),
+                                  [10, 2, 10])
+    # exactly the budget for the two cheapest needs (3 x 4 + 3 x 16 = 60 images), nothing left for B = 64
+    np.testing.assert_array_equal(S.plan_draws([5, 5, 5], b, min_draws=2, max_draws=10, budget=first + 60), [5, 5, 2])
+    # one image short: the last need granted gets part of it
+    np.testing.assert_array_equal(S.plan_draws([5, 5, 5], b, min_draws=2, max_draws=10, budget=first + 59), [5, 4, 2])
+    # an expensive small need can go before a cheap large one: cost is extra draws x B
+    np.testing.assert_array_equal(S.plan_draws([10, 3, 3], b, min_draws=2, max_draws=10, budget=first + 16),
+                                  [2, 3, 2])
+
+
+def test_extreme_ritz_skips_padding():
+    values = np.array([[1.0, 3.0, np.nan], [-2.0, 0.5, 4.0]])
+    res = np.array([[0.1, 0.2, np.nan], [0.3, 0.4, 0.5]])
+    top, top_res = S.extreme_ritz(values, res, "top")
+    bottom, bottom_res = S.extreme_ritz(values, res, "bottom")
+    np.testing.assert_array_equal(top, [3.0, 4.0])
+    np.testing.assert_array_equal(top_res, [0.2, 0.5])
+    np.testing.assert_array_equal(bottom, [1.0, -2.0])
+    np.testing.assert_array_equal(bottom_res, [0.1, 0.3])
+
+
+# ----------------------------------------------------------------------------- the exponent
+
+
+def test_fit_shift_exponent_recovers_gamma_and_its_interval_covers():
+    x = 1 / np.array([4, 8, 16, 32, 64]) - 1 / 512
     rng = np.random.default_rng(0)
-    b = np.array([8, 16, 32, 64, 128, 256, 512])
-    n = 1000
-    truth = 2.0 + 30.0 * (1 / b - 1 / n)
-    values = truth[:, None] * (1 + 0.01 * rng.standard_normal((len(b), 3)))
-    fit = S.fit_batch_dependence(b, values, n, empirical=2.0)
-    assert fit["a"] == pytest.approx(2.0, rel=0.05) and fit["b"] == pytest.approx(30.0, rel=0.05)
-    assert fit["linear_rms"] < fit["sqrt_rms"]
+    hits, n = 0, 400
+    for _ in range(n):
+        for gamma in (1.0, 0.5):
+            truth = 3.0 * x**gamma
+            se = 0.1 * truth
+            fit = S.fit_shift_exponent(x, truth + se * rng.standard_normal(x.size), se, confidence=0.95)
+            hits += fit["gamma_low"] <= gamma <= fit["gamma_high"]
+    # 800 intervals: binomial sd of the coverage 0.8%; the delta method on log(shift) at 10% noise is close
+    assert 0.92 <= hits / (2 * n) <= 0.98
+    exact = S.fit_shift_exponent(x, 2.0 * x**0.7, 0.01 * x**0.7)
+    assert exact["gamma"] == pytest.approx(0.7, abs=1e-9) and exact["amplitude"] == pytest.approx(2.0, rel=1e-9)
+    assert exact["n_used"] == 5
 
 
-def test_sqrt_form_is_preferred_for_a_bulk_edge_law():
-    b = np.array([8, 16, 32, 64, 128, 256, 512])
-    n = 1000
-    values = (0.1 + 2.0 * np.sqrt(1 / b - 1 / n))[:, None] * np.ones((1, 2))
-    fit = S.fit_batch_dependence(b, values, n, empirical=0.1)
-    assert fit["sqrt_rms"] < fit["linear_rms"]
-    assert fit["sqrt_slope"] == pytest.approx(2.0, rel=1e-6)
+def test_fit_shift_exponent_uses_only_positive_shifts():
+    x = np.array([0.2, 0.1, 0.05, 0.02])
+    fit = S.fit_shift_exponent(x, [2.0, 1.0, -0.1, 0.2], [0.1, 0.1, 0.1, 0.01])
+    assert fit["n_used"] == 3
+    assert math.isfinite(fit["gamma"])
+    none = S.fit_shift_exponent(x, [2.0, -1.0, -0.1, 0.2], [0.1, 0.1, 0.1, 0.01])
+    assert none["n_used"] == 2 and math.isnan(none["gamma"]) and math.isnan(none["gamma_low"])
+
+
+def test_shift_statistics_from_a_spectrum_record():
+    m = 3
+    values = np.full((2, 4, m), np.nan)
+    residuals = np.zeros((2, 4, m))
+    values[0, :3] = [[0.0, 1.0, 5.0], [0.0, 1.0, 7.0], [-1.0, 1.0, 6.0]]
+    values[1, :2] = [[0.0, 1.0, 4.5], [0.0, 1.0, 5.5]]
+    residuals[1, 1, 2] = 0.2  # 0.2 > 1% of 5.5: flagged
+    sp = {"empirical_values": np.array([-0.5, 1.0, 4.0]), "empirical_residuals": np.array([0.0, 0.0, 0.01]),
+          "batch_values": values, "batch_residuals": residuals, "batch_sizes": np.array([2, 8]), "dataset_size": 16}
+    t = S.shift_statistics(sp, "top")
+    np.testing.assert_allclose(t["shift"], [2.0, 1.0])
+    np.testing.assert_allclose(t["se"], [1 / np.sqrt(3), np.sqrt(0.5) / np.sqrt(2)])
+    np.testing.assert_array_equal(t["draws"], [3, 2])
+    np.testing.assert_array_equal(t["flagged"], [0, 1])
+    np.testing.assert_allclose(t["x"], [1 / 2 - 1 / 16, 1 / 8 - 1 / 16])
+    assert t.attrs["empirical"] == 4.0 and not t.attrs["empirical_flagged"]  # 0.01 <= 1% of 4
+    bottom = S.shift_statistics(sp, "bottom")
+    np.testing.assert_allclose(bottom["shift"], [1 / 3 - 0.5, -0.5])
+
+
+# ----------------------------------------------------------------------------- noise and spectra on a tiny network
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x = torch.randn(24, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (24,))
+    return model, x, y
 
 
 def test_direct_noise_scale_matches_dense_per_sample_hessians():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    x = torch.randn(12, 5, dtype=torch.float64)
-    y = torch.randint(0, 3, (12,))
+    model, x, y = _tiny()
+    x, y = x[:12], y[:12]
     loss = nn.CrossEntropyLoss()
     full = dense_hessian(model, loss, (x, y))
     per = torch.stack([dense_hessian(model, loss, (x[i:i + 1], y[i:i + 1])) for i in range(12)])
     p = full.shape[0]
     exact = float(((per - full) ** 2).sum(dim=(1, 2)).mean() / p) ** 0.5
-    est = S.per_sample_noise_scale(model, x, y, "hessian", samples=12, probes=400, chunk_size=5, seed=1)
+    v = torch.linalg.eigh(full).eigenvectors[:, -1]
+    along = per - full
+    proj = torch.eye(p, dtype=full.dtype) - torch.outer(v, v)
+    s2_exact = float(torch.stack([(proj @ a @ v).pow(2).sum() for a in along]).mean())
+    est = S.per_sample_noise_scale(model, x, y, "hessian", samples=12, probes=400, chunk_size=5, seed=1,
+                                   directions={"top": v.numpy()})
     # 400 Gaussian probes: relative error of ||A||_F^2 about sqrt(2/400) = 7%, of s1 about half that
     assert est["s1"] == pytest.approx(exact, rel=0.08)
-    assert est["dim"] == p
+    assert est["s2_top"] == pytest.approx(s2_exact, rel=1e-6)  # exact: no probes along a given direction
+    assert est["dim"] == p and est["s2_top_err"] > 0
 
 
-def _checks(exceeds, rho, lin, sq, matrix="hessian"):
-    return pd.DataFrame([{"matrix": matrix, "exceeds": exceeds, "spearman": rho, "linear rms": lin, "sqrt rms": sq}])
+@pytest.mark.parametrize("kind, dense", [("hessian", dense_hessian), ("ggn", dense_ggn)])
+def test_spectrum_at_matches_dense_eigenvalues(kind, dense):
+    model, x, y = _tiny()
+    p = sum(q.numel() for q in model.parameters())
+    sizes = SpectraSizes(checkpoints=(1, 2), dataset_size=24, batch_sizes=(4, 8, 12), lanczos_steps=p,
+                         min_draws=2, max_draws=3, batch_images=60, chunk_size=10)
+    sp = S.spectrum_at(model, x, y, kind, sizes, seed=0)
+    exact = torch.linalg.eigvalsh(dense(model, nn.CrossEntropyLoss(), (x, y))).numpy()
+    scale = np.abs(exact).max()
+    # P steps with full re-orthogonalisation: the extremes of the empirical matrix are exact
+    assert np.nanmax(sp["empirical_values"]) == pytest.approx(exact[-1], abs=1e-8 * scale)
+    assert np.nanmin(sp["empirical_values"]) == pytest.approx(exact[0], abs=1e-8 * scale)
+    assert sp["batch_values"].shape == (3, 3, p) == sp["batch_residuals"].shape
+    assert sp["dim"] == p and sp["dataset_size"] == 24 and sp["num_classes"] == 3
+    draws = sp["draws"]
+    assert np.all((draws >= 2) & (draws <= 3)) and int((draws * np.array([4, 8, 12])).sum()) <= 60
+    for i, d in enumerate(draws):
+        assert np.isfinite(sp["batch_values"][i, :d, 0]).all() and np.isnan(sp["batch_values"][i, d:]).all()
+    # a batch draw is the batch matrix of its images: check the first one against a dense batch matrix
+    from hessian_lib.curvature import batch_operator
+    from hessian_lib.experiments.theory import child_seed
+
+    op = batch_operator(kind, model, nn.CrossEntropyLoss(), (x, y), 4, seed=child_seed(0, 2, 4, 0))
+    exact_b = torch.linalg.eigvalsh(dense(model, nn.CrossEntropyLoss(), op._data[0])).numpy()
+    assert np.nanmax(sp["batch_values"][0, 0]) == pytest.approx(exact_b[-1], abs=1e-6 * np.abs(exact_b).max())
 
 
-def test_verdict_logic():
-    assert S.verdict(_checks(1.0, -1.0, 0.01, 0.05), "hessian") == "holds"
-    assert S.verdict(_checks(1.0, -1.0, 0.05, 0.01), "hessian") == "partly"
-    assert S.verdict(_checks(0.5, -1.0, 0.01, 0.05), "hessian") == "does not hold"
-    assert S.verdict(_checks(0.85, -0.9, 0.01, 0.05), "hessian") == "partly"   # one batch size below, ordering kept
-    assert S.verdict(_checks(0.85, -0.3, 0.01, 0.05), "hessian") == "does not hold"
-    assert S.verdict(_checks(1.0, 0.2, 0.01, 0.05), "hessian") == "does not hold"
-    assert S.verdict(_checks(1.0, -1.0, 0.01, 0.05), "ggn") == "not measured"
+@pytest.mark.slow
+def test_run_spectra_on_the_smoke_profile_and_loads_from_the_store(tmp_path, data_root, monkeypatch):
+    torch.set_num_threads(1)
+    result = S.run_spectra("smoke", data_root=data_root, device="cpu", store=tmp_path)
+    cfg = load_profile("smoke").spectra
+    assert result.epochs() == list(cfg.checkpoints)
+    assert set(result.spectra) == {(e, k) for e in cfg.checkpoints for k in S.KINDS}
+    table = result.shift_table()
+    assert len(table) == len(cfg.checkpoints) * 3
+    assert set(table["regime"]) <= {"both", "outlier (gamma = 1)", "bulk edge (gamma = 1/2)", "neither"}
+    assert result.verdict("hessian")[0] in ("holds", "partly", "does not hold")
+    preds = result.prediction_table()
+    assert set(preds["model"]) == set(S.PREDICTIONS) and preds["closest"].sum() >= len(table)
+    state = result.checkpoint_table()
+    assert (state["mean max. softmax"] > 0.01).all() and (state["mean max. softmax"] <= 1).all()
 
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed instead of loading from the store")
 
-def _fake_result(theta, s1, s2, b, n):
-    sp = {"batch_sizes": np.asarray(b), "empirical_top": theta, "empirical_bottom": -theta}
-    return S.SpectraResult(train=None, spectra={(1, "hessian"): sp},
-                           noise={(1, "hessian"): {"s1": s1, "s2_top": s2, "s2_bottom": s2}}, dim=10, n_data=n)
-
-
-def test_predictions_reduce_to_the_wigner_outlier_for_small_isotropic_noise():
-    b = np.array([100, 1000])
-    r = _fake_result(theta=2.0, s1=0.5, s2=0.25, b=b, n=10**9)
-    x = 1 / b
-    wigner = 2.0 + 0.25 * x / 2.0
-    np.testing.assert_allclose(S.wigner_prediction(r, 1, "top"), wigner, rtol=1e-6)
-    # directional with s_v^2 = s1^2: the self-consistent root agrees to second order in the shift
-    np.testing.assert_allclose(S.directional_prediction(r, 1, "top"), wigner, rtol=1e-3)
-    np.testing.assert_allclose(S.directional_prediction(r, 1, "bottom"), -wigner, rtol=1e-3)
-
-
-def test_wigner_prediction_sticks_to_the_edge_below_threshold():
-    r = _fake_result(theta=0.1, s1=4.0, s2=16.0, b=np.array([4]), n=10**9)
-    np.testing.assert_allclose(S.wigner_prediction(r, 1, "top"), [2 * 4.0 * 0.5])
+    monkeypatch.setattr(S, "spectrum_at", fail)
+    monkeypatch.setattr(S, "per_sample_noise_scale", fail)
+    monkeypatch.setattr(S, "network_state", fail)
+    again = S.run_spectra("smoke", data_root=data_root, device="cpu", store=ResultsStore(tmp_path))
+    first = result.spectra[(cfg.checkpoints[-1], "hessian")]
+    np.testing.assert_array_equal(again.spectra[(cfg.checkpoints[-1], "hessian")]["batch_values"],
+                                  first["batch_values"])

@@ -34,6 +34,12 @@ def test_overrides_are_coerced_and_applied():
         ({"theory.dim": "abc"}, "cannot use"),
         ({"theory.dim": 2.5}, "cannot use"),
         ({"data.train_subset": 60_000}, "50,000"),
+        ({"theory.batch_sizes": "1,16,60000"}, "theory.n_data"),     # the largest B is checked, not the smallest
+        ({"spectra.checkpoints": "3"}, "at least two"),
+        ({"spectra.min_draws": 1}, "at least 2"),
+        ({"spectra.max_draws": 2, "spectra.min_draws": 3}, "max_draws"),
+        ({"spectra.batch_images": 10}, "batch_images"),
+        ({"spectra.batch_sizes": "4,300"}, "three batch sizes"),
     ],
 )
 def test_invalid_overrides_fail_with_a_clear_message(overrides, message):

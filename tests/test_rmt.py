@@ -13,13 +13,14 @@ import pytest
 from scipy import integrate
 
 from hessian_lib import rmt
+from hessian_lib.blas import limit_blas_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_blas_thread():
     # P <= 1000 eigensolvers gain nothing from threads; on shared cores spinning
     # BLAS threads make them ~10x slower.
-    with rmt.limit_blas_threads(1):
+    with limit_blas_threads(1):
         yield
 
 
@@ -288,3 +289,66 @@ def test_sampler_and_extremes_bad_inputs():
     with pytest.raises(ValueError):
         rmt.extreme_eigenvalues(np.array([[0.0, 1.0], [0.0, 0.0]]))
     assert rmt.extreme_eigenvalues(np.diag([3.0, -1.0, 2.0])) == (3.0, -1.0)
+
+
+# ---------------------------------------------------------------------------
+# outliers from a measured per-sample noise
+# ---------------------------------------------------------------------------
+
+
+def test_directional_outlier_solves_its_self_consistent_equation():
+    theta, x, s2 = np.array([2.0, -2.0, 0.5]), np.array([0.1, 0.1, 0.3]), np.array([3.0, 3.0, 1.0])
+    lam = rmt.directional_outlier(theta, x, s2)
+    np.testing.assert_allclose(lam, theta + x * s2 / lam, rtol=1e-12)   # lambda = theta + x s_v^2 / lambda
+    assert lam[0] > theta[0] and lam[1] < theta[1] and lam[1] == pytest.approx(-lam[0])
+    # small shift, isotropic noise: the Wigner outlier theta + s^2/theta to second order
+    small = rmt.directional_outlier(3.0, 1e-4, 2.0)
+    assert small == pytest.approx(float(rmt.wigner_outlier(3.0, np.sqrt(2e-4))), rel=1e-7)
+    assert rmt.directional_outlier(1.5, 0.0, 5.0) == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        rmt.directional_outlier(1.0, -0.1, 1.0)
+
+
+def test_rank_deficient_outlier_closed_forms():
+    dim, rank, s1 = 1000, 9, 2.0
+    x = np.array([0.5, 0.1, 0.01])
+    additive = s1 * x * np.sqrt(dim / rank)
+    above = rmt.rank_deficient_outlier(3.0, s1, x, dim, rank)          # theta = 3 > s1 sqrt(x) for every x
+    np.testing.assert_allclose(above, 3.0 + additive + s1**2 * x / 3.0, rtol=1e-12)
+    below = rmt.rank_deficient_outlier(0.5, s1, x[:2], dim, rank)       # 0.5 < s1 sqrt(x): the edge
+    np.testing.assert_allclose(below, 2 * s1 * np.sqrt(x[:2]) + additive[:2], rtol=1e-12)
+    np.testing.assert_allclose(rmt.rank_deficient_outlier(-3.0, s1, x, dim, rank), -above)
+    # continuous at the BBP threshold theta = s1 sqrt(x)
+    th = s1 * np.sqrt(0.1)
+    assert rmt.rank_deficient_outlier(th * (1 + 1e-9), s1, 0.1, dim, rank) == pytest.approx(
+        float(rmt.rank_deficient_outlier(th * (1 - 1e-9), s1, 0.1, dim, rank)), rel=1e-6)
+    with pytest.raises(ValueError):
+        rmt.rank_deficient_outlier(1.0, s1, 0.0, dim, rank)
+
+
+@pytest.mark.parametrize("batch_size", [4, 16, 64])
+def test_rank_deficient_outlier_matches_its_model_by_simulation(batch_size):
+    # The model: R = r/x Gaussian rank-one terms with covariance sigma_w^2 I + theta e1 e1^T,
+    # sigma_w^2 = s1 sqrt(r/P), centred by sigma_w^2 I. Its Frobenius noise per dimension is s1^2 x
+    # (up to the spike's 2 theta/(P sigma_w^2) ~ 1% and 1/P), and its top eigenvalue follows the
+    # formula: within 3 standard errors of the mean over 4 samples, plus 2% for the O(1/R) bias of
+    # a finite number of terms (R = 80 at B = 4).
+    dim, rank, s1, theta = 800, 20, 2.0, 2.5
+    x = 1.0 / batch_size
+    r_terms = int(round(rank / x))
+    sigma2 = s1 * np.sqrt(rank / dim)
+    tops, fro = [], []
+    for rep in range(4):
+        rng = np.random.default_rng([batch_size, rep])
+        a = rng.standard_normal((r_terms, dim)) * np.sqrt(sigma2)
+        a[:, 0] += rng.standard_normal(r_terms) * np.sqrt(theta)
+        s = a.T @ a / r_terms
+        cov = sigma2 * np.eye(dim)
+        cov[0, 0] += theta
+        fro.append(np.sum((s - cov) ** 2) / dim)
+        tops.append(rmt.extreme_eigenvalues(s - sigma2 * np.eye(dim))[0])
+    assert np.mean(fro) == pytest.approx(s1**2 * x, rel=0.1)
+    predicted = float(rmt.rank_deficient_outlier(theta, s1, x, dim, rank))
+    assert abs(np.mean(tops) - predicted) <= 3 * np.std(tops, ddof=1) / 2 + 0.02 * predicted
+    # and it is not the Wigner outlier: the additive shift s1 x sqrt(P/r) is what separates them
+    assert predicted - float(rmt.wigner_outlier(theta, s1 * np.sqrt(x))) == pytest.approx(s1 * x * np.sqrt(dim / rank))

@@ -1,8 +1,9 @@
 """Curvature engine: Hessian and GGN operators, Lanczos, SLQ densities and trace estimates.
 
 Operators (:class:`HessianOperator`, :class:`GGNOperator`) are matrix-free: they own the
-data loop, batch weighting, BatchNorm mode, a memory-budgeted cache of per-batch graphs and
-the reduction across processes. Algorithms (:func:`lanczos`, :func:`top_eigenvalues`,
+data loop, batch weighting, BatchNorm mode, the product path (a traced linearisation or the
+first-order autograd graph, chosen by measurement), a memory-budgeted cache of per-batch
+state and the reduction across processes. Algorithms (:func:`lanczos`, :func:`top_eigenvalues`,
 :func:`slq_density`, :func:`hutchinson_trace`) only call ``op.matvec`` and work in float64.
 """
 
@@ -19,11 +20,13 @@ from hessian_lib.curvature.lanczos import (
 from hessian_lib.curvature.operators import (
     BN_MODES,
     DEFAULT_CACHE_BYTES,
+    PATHS,
     CurvatureOperator,
     GGNOperator,
     HessianOperator,
     batch_operator,
     batchnorm_mode,
+    forget_linearizations,
 )
 from hessian_lib.curvature.slq import SLQResult, gaussian_density, slq_density
 from hessian_lib.curvature.trace import TraceEstimate, hutchinson_trace, hutchpp_trace
@@ -31,6 +34,7 @@ from hessian_lib.curvature.trace import TraceEstimate, hutchinson_trace, hutchpp
 __all__ = [
     "BN_MODES",
     "DEFAULT_CACHE_BYTES",
+    "PATHS",
     "CurvatureOperator",
     "EigenResult",
     "GGNOperator",
@@ -45,6 +49,7 @@ __all__ = [
     "dense_ggn",
     "dense_hessian",
     "dense_matrix",
+    "forget_linearizations",
     "gaussian_density",
     "hutchinson_trace",
     "hutchpp_trace",

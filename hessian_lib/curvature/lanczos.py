@@ -15,6 +15,7 @@ which removes the "ghost" copies of converged eigenvalues of plain Lanczos.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,20 +135,33 @@ class LanczosProcess:
             self._basis = nb
         self._basis[m] = q
 
+    def can_step(self) -> bool:
+        """Whether another step is possible (no breakdown yet and ``m < P``)."""
+        return not self.breakdown and len(self.alphas) < self.dim
+
+    def current(self) -> Tensor:
+        """The unit vector :math:`q_{m+1}` (float64) whose product the next step needs."""
+        return self._q
+
     def step(self) -> bool:
         """One Lanczos step; returns ``False`` (and does nothing) after a breakdown or once
         ``m == P``."""
-        import time
-
-        m = len(self.alphas)
-        if self.breakdown or m >= self.dim:
+        if not self.can_step():
             return False
+        t0 = time.perf_counter()
+        w = self.op.matvec(self._q)
+        self.product_seconds += time.perf_counter() - t0
+        self.advance(w)
+        return True
+
+    def advance(self, w: Tensor) -> None:
+        """Finish a step given ``w`` = :math:`A q_{m+1}` (see :meth:`current`), computed by
+        the caller (e.g. as one row of a block product)."""
+        m = len(self.alphas)
         q = self._q
         if self.keep_basis:
             self._grow(q)
-        t0 = time.perf_counter()
-        w = self.op.matvec(q).to(torch.float64)
-        self.product_seconds += time.perf_counter() - t0
+        w = w.to(device=self.device, dtype=torch.float64)
         alpha = float(torch.dot(w, q))
         w.sub_(q, alpha=alpha)
         if m > 0 and self._q_prev is not None:
@@ -165,9 +179,8 @@ class LanczosProcess:
             if self.breakdown:
                 self.betas[-1] = 0.0
             self._q_prev, self._q = q, w / beta if beta > 0 else w
-            return True
+            return
         self._q_prev, self._q = q, w / beta
-        return True
 
     def tridiagonal_eig(self) -> tuple[Tensor, Tensor]:
         """Eigen-decomposition ``(theta [m] ascending, S [m, m])`` of :math:`T_m` (float64, CPU)."""

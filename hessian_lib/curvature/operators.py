@@ -4,9 +4,10 @@ Every operator here is a symmetric :math:`P \times P` matrix, :math:`P` the numb
 selected parameters, that is only ever touched through products :math:`v \mapsto A v`.
 The base class :class:`CurvatureOperator` owns everything that is not specific to one
 matrix: the loss and its reduction, the loop over batches and their weighting, the
-BatchNorm mode, the checks, the per-batch cache of autograd graphs and the reduction across
-processes. A subclass only says how to build per-batch state and how to multiply with it on
-one batch.
+BatchNorm mode, the checks, the product path (a traced linearisation or the first-order
+autograd graph, see ``path``), the per-batch cache of their state and the reduction across
+processes. A subclass only says how to multiply on one batch: the product as a ``torch.func``
+function (traced for the linearised path) and the autograd version (the graph path).
 
 The matrix is the curvature of exactly the loss the user wrote, taken over the whole
 dataset. For batches :math:`b` whose batch loss is :math:`L_b` with curvature :math:`A_b`:
@@ -36,7 +37,11 @@ import contextlib
 import functools
 import inspect
 import math
+import operator
+import sys
+import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,14 +54,16 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 import torch.distributed as dist
+import torch.fx as fx
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vmap
+from torch.func import functional_call, functionalize, grad, jvp, vjp, vmap
 from torch.nn import functional as F
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "BN_MODES",
     "GGN_LOSSES",
+    "PATHS",
     "REDUCTIONS",
     "SUPPORTED_LOSSES",
     "CurvatureOperator",
@@ -65,6 +72,7 @@ __all__ = [
     "LossInfo",
     "batch_operator",
     "batchnorm_mode",
+    "forget_linearizations",
     "resolve_loss",
 ]
 
@@ -73,6 +81,9 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 #: Accepted values of ``bn_mode``.
 BN_MODES = ("eval", "train")
+
+#: Accepted values of ``path`` (how products are computed, see :class:`CurvatureOperator`).
+PATHS = ("auto", "linearize", "graph")
 
 #: Accepted loss reductions (``"none"`` has no scalar loss to take the curvature of).
 REDUCTIONS = ("mean", "sum")
@@ -319,6 +330,301 @@ def resolve_loss(loss_fn: Any, reduction: str | None = None, *, ggn: bool = Fals
     return LossInfo(name, family, red, None if weight is None else weight.detach(), ignore)
 
 
+# ------------------------------------------------------------------ linearised products
+# A product A_b v is a function of (parameters, other model tensors, x, y; v), linear in v.
+# Traced once per input signature into an aten graph (torch.func transforms, functionalised,
+# on fake tensors), it splits into a *primal* part that does not depend on v (forward pass,
+# backward pass, everything the tangent needs) and a *tangent* part (the rest). The primal
+# part runs once per batch and its outputs (the residuals) are kept; every product then runs
+# only the tangent part. The graph is cleaned first: aliases dropped, common subexpressions
+# merged (the GGN's jvp and vjp share one forward pass), copies that change nothing dropped,
+# known zeros folded (the tangent of the input, which is not a parameter) and unused outputs of
+# convolution_backward switched off.
+
+_aten = torch.ops.aten
+_ZERO_SOURCES = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.default, _aten._efficientzerotensor.default}
+#: Ops whose output is zero when their first argument is (shape changes, copies, scalings, reductions,
+#: and backward ops linear in their incoming gradient).
+_ZERO_IF_FIRST = {
+    _aten.expand.default, _aten.view.default, _aten._unsafe_view.default, _aten.reshape.default, _aten.t.default,
+    _aten.permute.default, _aten.transpose.int, _aten.unsqueeze.default, _aten.squeeze.dim, _aten.squeeze.default,
+    _aten.clone.default, _aten._to_copy.default, _aten.neg.default, _aten.mul.Scalar, _aten.div.Scalar,
+    _aten.sum.dim_IntList, _aten.sum.default, _aten.mean.dim, _aten.slice.Tensor, _aten.select.int,
+    _aten.div.Tensor, _aten.gather.default, _aten.threshold_backward.default,
+    _aten.max_pool2d_with_indices_backward.default, _aten.avg_pool2d_backward.default,
+}
+#: Ops whose output is zero when either of their first two arguments is.
+_ZERO_IF_EITHER = {_aten.mul.Tensor, _aten.mm.default, _aten.bmm.default}
+
+
+def _node_meta(n: Any) -> Any:
+    return n.meta.get("val") if isinstance(n, fx.Node) else None
+
+
+def _fold_zeros(g: fx.Graph) -> None:
+    """Propagate tensors known to be zero through ops that are linear in them; ``a + 0 -> a``."""
+    zero: set[fx.Node] = set()
+
+    def is_zero(a: Any) -> bool:
+        return isinstance(a, fx.Node) and a in zero
+
+    for n in list(g.nodes):
+        if n.op != "call_function":
+            continue
+        t, a = n.target, n.args
+        z = False
+        if t in _ZERO_SOURCES or (t == _aten.full.default and len(a) > 1 and a[1] == 0):
+            z = True
+        elif t in _ZERO_IF_FIRST:
+            z = len(a) > 0 and is_zero(a[0])
+        elif t in _ZERO_IF_EITHER:
+            z = is_zero(a[0]) or is_zero(a[1])
+        elif t == _aten.convolution.default:
+            z = (is_zero(a[0]) or is_zero(a[1])) and a[2] is None
+        elif t == operator.getitem and isinstance(a[0], fx.Node) and a[0].target == _aten.convolution_backward.default:
+            grad_out, inp, weight = a[0].args[:3]
+            z = is_zero(grad_out) or (a[1] == 1 and is_zero(inp)) or (a[1] == 0 and is_zero(weight))
+        elif t in (_aten.add.Tensor, _aten.sub.Tensor) and n.kwargs.get("alpha", 1) == 1:
+            keep = a[0] if is_zero(a[1]) else a[1] if (is_zero(a[0]) and t == _aten.add.Tensor) else None
+            mk, mo = _node_meta(keep), _node_meta(n)
+            if (
+                isinstance(keep, fx.Node)
+                and isinstance(mk, Tensor)
+                and isinstance(mo, Tensor)
+                and mk.shape == mo.shape
+                and mk.dtype == mo.dtype
+            ):
+                n.replace_all_uses_with(keep)
+                continue
+            z = is_zero(a[0]) and is_zero(a[1])
+        if z:
+            zero.add(n)
+    for n in list(g.nodes):  # zeros still read by an op that cannot fold them: one cheap fill
+        if n in zero and n.users and n.target not in _ZERO_SOURCES:
+            m = _node_meta(n)
+            if isinstance(m, Tensor):
+                with g.inserting_before(n):
+                    rep = g.call_function(_aten.zeros.default, (list(m.shape),), {"dtype": m.dtype, "device": m.device})
+                rep.meta["val"] = m
+                n.replace_all_uses_with(rep)
+    g.eliminate_dead_code()
+
+
+def _is_plain_copy(n: fx.Node) -> bool:
+    """``clone`` or ``_to_copy`` that changes neither dtype, device nor layout (in a graph
+    without mutation, a copy can be replaced by what it copies)."""
+    if n.target not in (_aten.clone.default, _aten._to_copy.default) or not isinstance(n.args[0], fx.Node):
+        return False
+    src, out = _node_meta(n.args[0]), _node_meta(n)
+    return (
+        isinstance(src, Tensor)
+        and isinstance(out, Tensor)
+        and src.dtype == out.dtype
+        and src.device == out.device
+        and src.layout == out.layout
+        and n.kwargs.get("memory_format") in (None, torch.preserve_format)
+    )
+
+
+def _merge_common(g: fx.Graph) -> None:
+    """Drop ``alias``, plain copies and ``t(t(a))``, then merge identical pure calls (common
+    subexpressions)."""
+    for n in list(g.nodes):
+        if n.op != "call_function":
+            continue
+        if n.target == _aten.alias.default or _is_plain_copy(n):
+            n.replace_all_uses_with(n.args[0])
+        elif n.target == _aten.t.default and isinstance(n.args[0], fx.Node) and n.args[0].target == _aten.t.default:
+            n.replace_all_uses_with(n.args[0].args[0])
+    g.eliminate_dead_code()
+
+    def key(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return tuple(key(e) for e in v)
+        if isinstance(v, dict):
+            return tuple(sorted((k, key(e)) for k, e in v.items()))
+        return ("node", v) if isinstance(v, fx.Node) else (type(v), v)
+
+    seen: dict[Any, fx.Node] = {}
+    for n in list(g.nodes):
+        if n.op != "call_function":
+            continue
+        if isinstance(n.target, torch._ops.OpOverload):
+            if n.target._schema.is_mutable or torch.Tag.nondeterministic_seeded in n.target.tags:
+                continue
+        elif n.target is not operator.getitem:
+            continue
+        try:
+            k = (n.target, key(n.args), key(n.kwargs))
+            hash(k)
+        except TypeError:
+            continue
+        if k in seen:
+            n.replace_all_uses_with(seen[k])
+            g.erase_node(n)
+        else:
+            seen[k] = n
+
+
+def _prune_outputs(g: fx.Graph) -> None:
+    """Switch off the outputs of ``convolution_backward`` that nothing reads."""
+    for n in g.nodes:
+        if n.op == "call_function" and n.target == _aten.convolution_backward.default:
+            used = {u.args[1] for u in n.users if u.target is operator.getitem}
+            mask = list(n.args[10])
+            pruned = [m and i in used for i, m in enumerate(mask)]
+            if pruned != mask:
+                n.update_arg(10, pruned)
+
+
+def _split_graph(gm: fx.GraphModule, num_tangents: int) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split at the last ``num_tangents`` inputs: ``primal(inputs) -> residuals`` and
+    ``tangent(*residuals, *tangents) -> outputs``."""
+    g = gm.graph
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    tangents = placeholders[len(placeholders) - num_tangents :]
+    moving = set(tangents)
+    for n in g.nodes:
+        if n.op == "call_function" and any(a in moving for a in n.all_input_nodes):
+            moving.add(n)
+    output = next(n for n in g.nodes if n.op == "output")
+    residuals: list[fx.Node] = []
+    for n in [*(n for n in g.nodes if n in moving and n.op != "placeholder"), output]:
+        for a in n.all_input_nodes:
+            if a not in moving and a not in residuals:
+                residuals.append(a)
+    primal, env = fx.Graph(), {}
+    for n in g.nodes:
+        if n not in moving and n.op != "output":
+            env[n] = primal.node_copy(n, lambda a: env[a])
+    primal.output(tuple(env[r] for r in residuals))
+    tangent, env2 = fx.Graph(), {}
+    for i, r in enumerate(residuals):
+        env2[r] = tangent.placeholder(f"residual_{i}")
+        env2[r].meta = dict(r.meta)
+    for n in tangents:
+        env2[n] = tangent.node_copy(n)
+    for n in g.nodes:
+        if n in moving and n.op != "placeholder":
+            env2[n] = tangent.node_copy(n, lambda a: env2[a])
+    tangent.output(fx.node.map_arg(output.args[0], lambda a: env2[a]))
+    primal.eliminate_dead_code()
+    tangent.eliminate_dead_code()
+    return fx.GraphModule(gm, primal), fx.GraphModule(gm, tangent)
+
+
+class _Linearization:
+    """A product function traced for one input signature and split into its primal and tangent
+    parts (see the comment above). ``build`` runs the primal part on one batch's inputs (in
+    no-grad mode) and returns the residuals; ``apply`` runs the tangent part for one vector."""
+
+    def __init__(self, fn: Callable[..., Any], inputs: Sequence[Tensor], num_tangents: int) -> None:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.fx.experimental.proxy_tensor import make_fx
+
+            gm = make_fx(functionalize(fn, remove="mutations"), tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+        g = gm.graph
+        g.eliminate_dead_code()
+        _merge_common(g)
+        _fold_zeros(g)
+        _prune_outputs(g)
+        g.eliminate_dead_code()
+        gm.recompile()
+        self.primal, self.tangent = _split_graph(gm, num_tangents)
+        #: Seconds the trace and the graph passes took.
+        self.trace_seconds = time.perf_counter() - start
+        #: Number of aten calls in the tangent part (what every product runs).
+        self.tangent_ops = sum(1 for n in self.tangent.graph.nodes if n.op == "call_function")
+
+    def build(self, inputs: Sequence[Tensor]) -> tuple[Any, ...]:
+        with torch.no_grad():
+            return tuple(self.primal(*inputs))
+
+    def apply(self, residuals: Sequence[Any], tangents: Sequence[Tensor]) -> list[Tensor]:
+        with torch.no_grad():
+            return list(self.tangent(*residuals, *tangents))
+
+
+def _storage_bytes(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> int:
+    """Bytes of the distinct storages behind ``tensors``, not counting those of ``exclude``."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, Tensor)}
+    sizes: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            if st.data_ptr() not in skip:
+                sizes[st.data_ptr()] = st.nbytes()
+    return sum(sizes.values())
+
+
+# What the process has learnt about each model: traced linearisations and the paths chosen, per
+# (operator kind, loss, BatchNorm mode, parameters, tensor shapes, modules). Weakly keyed by the
+# model, so it goes with it; each entry holds its loss, so that the loss's id in the key stays
+# its own; at most _MEMO_LIMIT entries per model, the oldest dropped first.
+_MEMO: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+_MEMO_LIMIT = 64
+#: Seconds of tracing per autograd node of the first-order graph, per operator kind: first a guess,
+#: then what the last trace in this process took.
+_TRACE_RATE: dict[str, float] = {}
+_TRACE_RATE_GUESS = 0.03
+#: Extra seconds for the first trace in a process (``make_fx`` imports ``torch._dynamo``).
+_FIRST_TRACE_SECONDS = 3.0
+
+
+def forget_linearizations() -> None:
+    """Forget every traced product and every path chosen in this process (for benchmarks that
+    time a first operator; operators keep what they hold)."""
+    _MEMO.clear()
+    _TRACE_RATE.clear()
+
+
+def _memo_for(model: nn.Module) -> dict[Any, Any]:
+    memo = _MEMO.get(model)
+    if memo is None:
+        memo = _MEMO[model] = {}
+    return memo
+
+
+def _signature(t: Any) -> Any:
+    return (tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else type(t)
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    """Seconds for comparing two ways of computing the same product: on a GPU, wall time
+    after synchronising; on the CPU, the process's CPU time, which counts the work done and
+    not the moments the process waited for a core (the machine may be shared)."""
+    if device.type == "cuda":
+
+        def wall() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+
+        return wall
+    return time.process_time
+
+
+def _layout(t: Any, channels_last: bool) -> Any:
+    """``t`` in channels-last memory format if asked and 4-D, else ``t`` itself."""
+    if channels_last and isinstance(t, Tensor) and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def _count_nodes(tensors: Iterable[Any]) -> int:
+    """Nodes of the autograd graph behind ``tensors``."""
+    seen: set[Any] = set()
+    stack = [t.grad_fn for t in tensors if isinstance(t, Tensor) and t.grad_fn is not None]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        stack.extend(nf for nf, _ in f.next_functions)
+    return len(seen)
+
+
 class CurvatureOperator:
     r"""Base class: a symmetric curvature matrix :math:`A \in \mathbb{R}^{P\times P}` of a
     network's loss over data, available through products.
@@ -352,10 +658,50 @@ class CurvatureOperator:
             (the curvature of :math:`\frac{\lambda_{\mathrm{wd}}}{2}\lVert w\rVert^2`).
         bn_mode: ``"eval"`` or ``"train"``, see :func:`batchnorm_mode`.
         cache_bytes: memory budget in bytes for per-batch state kept between products
-            (the first-order autograd graph, i.e. saved activations). Batches whose state
-            fits are built once and reused by every later product (Lanczos, SLQ, trace);
-            the rest are recomputed each time. ``0`` disables caching. The state of a
-            batch is measured when it is first built (:attr:`cache_nbytes`).
+            (the linearisation's residuals or the first-order autograd graph: saved
+            activations). Batches whose state fits are built once and reused by every later
+            product (Lanczos, SLQ, trace); the rest are recomputed each time. ``0``
+            disables caching. The state of a batch is measured when it is first built
+            (:attr:`cache_nbytes`).
+        path: how products are computed, one of :data:`PATHS`:
+
+            * ``"linearize"``: forward-over-reverse. The product on one batch is traced once
+              per input shape (``torch.func`` ``jvp`` of ``grad`` for the Hessian;
+              ``jvp``, the output Hessian and ``vjp`` for the GGN, sharing one forward
+              pass) into an aten graph, which is split into the part that does not depend
+              on :math:`v` (run once per batch; its outputs, the residuals, are what is
+              kept) and the tangent part that every product runs: a tangent forward and a
+              tangent backward pass, like ``torch.func.linearize`` but built in one
+              primal pass and shared by every batch of the same shape.
+            * ``"graph"``: reverse-over-reverse. The first-order graph of the gradient
+              (``create_graph``) is kept and every product is one more backward pass
+              through it; the GGN keeps the network output's graph and runs :math:`Jv`
+              by ``torch.func.jvp``.
+            * ``"auto"`` (default): starts on ``"graph"``, which costs nothing to set up.
+              Once its products have taken as long as the linearisation would take to
+              set up (the trace, estimated from the size of the autograd graph, plus one
+              primal pass per kept batch: the rule of renting skis until their price is
+              spent), it drops the kept graphs of the other batches, builds the
+              linearisation of the first batch, computes that batch's product both ways
+              (the graph's time also from its earlier products; CPU time on the CPU,
+              synchronised wall time on a GPU),
+              checks that they agree (relative difference at most ``1e4`` float epsilons)
+              and keeps the faster (per product for kept batches, build plus product when
+              nothing is kept). The trace and the choice are remembered for the model,
+              loss, BatchNorm mode and batch shape for the rest of the process, so later
+              operators on new batches of the same size start on the winner. Models and
+              losses the tracer cannot handle (data-dependent control flow, inputs that
+              are not tensors, ops without forward-mode derivatives such as
+              ``HuberLoss``) stay on ``"graph"``. The same seed gives bit-identical
+              products on one path; a switch changes them at the level of float rounding.
+
+            Either way a block ``[k, P]`` is multiplied vector by vector or vectorised
+            (``vmap`` / ``is_grads_batched``), whichever the first block product measured
+            faster per vector. :attr:`path_in_use` and ``repr`` say which path runs and why.
+        channels_last: the linearised path runs on channels-last copies of the 4-D tensors (the
+            images, 4-D weights and their tangents), often faster for convolutions; the
+            products are the same. ``None`` (default): as given, except that the
+            ``path="auto"`` trial also measures channels-last when the inputs are images.
         check_finite: raise :class:`FloatingPointError` when a product has a NaN or inf.
         distributed: sum products across the processes of ``torch.distributed`` (default:
             whenever it is initialised). Each process passes its own shard of the data;
@@ -365,14 +711,16 @@ class CurvatureOperator:
     shape, in the dtype of the parameters (float32 products, typically). The parameter
     order is that of ``params`` (default ``model.parameters()``), each flattened.
 
-    If the model's weights change, call :meth:`clear_cache` (a stale cached graph is
-    detected by autograd's version counter and raises).
+    If the model's weights change, call :meth:`clear_cache` (stale cached state is detected
+    by the tensors' version counters and raises).
     """
 
     #: Name of the matrix, used in messages.
     kind: str = "curvature"
     #: Whether the matrix needs the loss's Hessian in the network output (the GGN does).
     needs_output_hessian: bool = False
+    #: :meth:`matvec` takes blocks ``[k, P]`` (SLQ then runs its probes in lockstep).
+    accepts_blocks: bool = True
 
     def __init__(
         self,
@@ -387,6 +735,8 @@ class CurvatureOperator:
         check_finite: bool = True,
         distributed: bool | None = None,
         reduction: str | None = None,
+        path: str = "auto",
+        channels_last: bool | None = None,
     ) -> None:
         #: The loss as the operator understands it: name, family, reduction (:class:`LossInfo`).
         self.loss: LossInfo = resolve_loss(loss_fn, reduction, ggn=self.needs_output_hessian, owner=type(self).__name__)
@@ -396,6 +746,8 @@ class CurvatureOperator:
             raise ValueError(f"weight_decay must be finite, got {weight_decay}")
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.model = model
         self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
@@ -451,7 +803,30 @@ class CurvatureOperator:
         #: What the summed products are divided by: :math:`D = \sum_b D_b` (mean) or 1 (sum).
         self.normaliser: float = denom if self.loss.reduction == "mean" else 1.0
 
-        self._cache: dict[int, Any] = {}
+        named_all = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        chosen_ids = {id(p) for p in self.params}
+        #: Model tensors that enter the products as constants (other parameters, buffers).
+        self._fixed_names: list[str] = [n for n, t in named_all.items() if id(t) not in chosen_ids]
+
+        #: The requested path (see :data:`PATHS`).
+        self.path: str = path
+        self._active = "linearize" if path == "linearize" else "graph"
+        self._cl = bool(channels_last)
+        self._cl_fixed = channels_last is not None
+        self._decided = path != "auto"
+        self._why = "requested" if path != "auto" else "undecided: graph until the products pay for a trial"
+        #: What the auto trial measured on the first batch (seconds), empty before it.
+        self.path_timings: dict[str, float] = {}
+        self._spent = 0.0
+        self._graph_nodes = 0
+        self._graph_build_seconds: dict[int, float] = {}
+        self._last_build_seconds = 0.0
+        self._graph_product_seconds: dict[int, float] = {}
+        self._block: dict[tuple[str, int], bool] = {}
+        #: Per-vector seconds of the first block product, looped and vectorised, per path.
+        self.block_timings: dict[str, tuple[float, float]] = {}
+
+        self._cache: dict[int, tuple[str, Any]] = {}
         self._cache_sizes: dict[int, int] = {}
         self._no_cache: set[int] = set()
         #: Number of products with a single vector computed so far.
@@ -504,26 +879,111 @@ class CurvatureOperator:
         return int(sum(self._cache_sizes.values()))
 
     def clear_cache(self) -> None:
-        """Drop every cached per-batch graph (call after the weights change)."""
+        """Drop every cached per-batch state (call after the weights change). The path chosen
+        and the traces stay: they do not depend on the weights."""
         self._cache.clear()
         self._cache_sizes.clear()
         self._no_cache.clear()
 
+    @property
+    def path_in_use(self) -> str:
+        """The path products run on now: ``"linearize"`` or ``"graph"``."""
+        return self._active
+
     # ---------------------------------------------------------- subclass hooks
     def _build(self, x: Any, y: Tensor) -> Any:
-        """Per-batch state for products (called inside :func:`batchnorm_mode`)."""
+        """Per-batch state of the ``"graph"`` path (called inside :func:`batchnorm_mode`)."""
         raise NotImplementedError
 
-    def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool) -> list[Tensor]:
-        """Batch products ``A_b v`` for each vector (given per parameter); flat results."""
+    def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool, batched: bool) -> list[Tensor]:
+        """``"graph"`` path: batch products ``A_b v`` for each vector (given per parameter), flat;
+        ``batched``: vectorise a block rather than loop over it."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ products
-    def _state_for(self, i: int, batch: Batch) -> tuple[Any, bool]:
-        if i in self._cache:
-            return self._cache[i], True
-        x, y = self._to_device(batch)
-        want = self.cache_bytes > 0 and i not in self._no_cache
+    def _product_fn(self) -> Callable[..., Any]:
+        """``"linearize"`` path: ``fn(*params, *fixed, x, y, *v) -> A_b v`` per parameter, in
+        ``torch.func`` terms (traced, see :class:`_Linearization`)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ linearisation
+    def _model_tensors(self) -> list[Tensor]:
+        named = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        return [p.detach() for p in self.params] + [named[n].detach() for n in self._fixed_names]
+
+    def _memo_key(self, x: Any, y: Tensor) -> tuple[Any, ...]:
+        return (
+            type(self).__name__,
+            id(self.loss_fn),
+            self.bn_mode,
+            tuple(self.param_names),
+            tuple(self._fixed_names),
+            tuple(_signature(t) for t in self._model_tensors()),
+            _signature(x),
+            _signature(y),
+            tuple((name, id(m)) for name, m in self.model.named_modules()),
+        )
+
+    def _remember(self, key: Any, value: Any) -> None:
+        memo = _memo_for(self.model)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.pop(next(iter(memo)))
+        memo[key] = (self.loss_fn, value)
+
+    def _recall(self, key: Any) -> Any:
+        entry = _memo_for(self.model).get(key)
+        return None if entry is None else entry[1]
+
+    def _linearization(self, x: Any, y: Tensor, cl: bool) -> _Linearization:
+        """The traced product for this batch's shapes and layout (from the process memo, or
+        traced now)."""
+        if not isinstance(x, Tensor):
+            raise RuntimeError(
+                f"cannot linearise the {self.kind} products of this model: its inputs are a "
+                f"{type(x).__name__}, not a tensor (use path='graph')"
+            )
+        key = ("trace", cl, *self._memo_key(x, y))
+        lin = self._recall(key)
+        if lin is None:
+            inputs = self._lin_inputs(x, y, cl)
+            tangents = [_layout(torch.zeros_like(p), cl) for p in self.params]
+            try:
+                with batchnorm_mode(self.model, self.bn_mode):
+                    lin = _Linearization(self._product_fn(), [*inputs, *tangents], len(self.params))
+            except Exception as err:  # noqa: BLE001 - said with the cause, and path="auto" stays on the graph
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise RuntimeError(
+                    f"cannot linearise the {self.kind} products of this model with {self.loss.name}: "
+                    f"{type(err).__name__}: {first[:300]} (use path='graph')"
+                ) from err
+            self._remember(key, lin)
+            if self._graph_nodes:
+                _TRACE_RATE[type(self).__name__] = lin.trace_seconds / self._graph_nodes
+        return lin
+
+    def _trace_estimate(self, x: Any, y: Tensor) -> float:
+        """Seconds a trace for this batch would take (0 when the process has it)."""
+        if isinstance(x, Tensor) and self._recall(("trace", self._cl, *self._memo_key(x, y))) is not None:
+            return 0.0
+        rate = _TRACE_RATE.get(type(self).__name__, _TRACE_RATE_GUESS)
+        first = 0.0 if "torch._dynamo" in sys.modules else _FIRST_TRACE_SECONDS
+        return first + rate * max(self._graph_nodes, 1)
+
+    # ------------------------------------------------------------------ per-batch state
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(t._version for t in self._model_tensors())
+
+    def _lin_inputs(self, x: Tensor, y: Tensor, cl: bool) -> list[Tensor]:
+        return [_layout(t, cl) for t in (*self._model_tensors(), x, y)]
+
+    def _build_state(self, path: str, x: Any, y: Tensor, measure: bool, cl: bool | None = None) -> tuple[Any, int]:
+        """``(state, bytes)`` of one batch on ``path`` (the linearised path in layout ``cl``,
+        default the operator's); bytes only when ``measure``."""
+        if path == "linearize":
+            cl = self._cl if cl is None else cl
+            lin = self._linearization(x, y, cl)
+            residuals = lin.build(self._lin_inputs(x, y, cl))
+            given = [*self._model_tensors(), x, y]
+            return (lin, residuals, self._versions(), cl), (_storage_bytes(residuals, given) if measure else 0)
         sizes: dict[int, int] = {}
 
         def pack(t: Tensor) -> Tensor:
@@ -534,32 +994,211 @@ class CurvatureOperator:
                 pass
             return t
 
+        start = time.perf_counter()
         with batchnorm_mode(self.model, self.bn_mode):
-            if want:
+            if measure:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     state = self._build(x, y)
             else:
                 state = self._build(x, y)
-        if want:
-            nbytes = sum(sizes.values())
-            if self.cache_nbytes + nbytes <= self.cache_bytes:
-                self._cache[i] = state
-                self._cache_sizes[i] = nbytes
-                return state, True
-            self._no_cache.add(i)
-        return state, False
+        if not self._graph_nodes:
+            self._graph_nodes = _count_nodes(state if isinstance(state, (tuple, list)) else [state])
+        self._last_build_seconds = time.perf_counter() - start
+        return state, sum(sizes.values())
 
+    def _apply_state(self, path: str, state: Any, vs: list[list[Tensor]], keep: bool, batched: bool) -> list[Tensor]:
+        if path == "graph":
+            return self._apply(state, vs, keep, batched)
+        lin, residuals, versions, cl = state
+        if versions != self._versions():
+            raise RuntimeError(
+                f"the model's tensors changed since this {self.kind} operator linearised its batches: "
+                f"call clear_cache() after changing the weights"
+            )
+        if batched and len(vs) > 1:
+            try:
+                stacked = [torch.stack([v[i] for v in vs]) for i in range(len(self.params))]
+                out = vmap(lambda *t: tuple(lin.apply(residuals, [_layout(a, cl) for a in t])))(*stacked)
+                return list(self.flatten(list(out)).unbind(0))
+            except RuntimeError:
+                pass
+        return [self.flatten(lin.apply(residuals, [_layout(a, cl) for a in v])) for v in vs]
+
+    def _state_for(self, i: int, batch: Batch) -> tuple[str, Any, bool]:
+        """``(path, state, kept)`` for batch ``i``: the cached state, or one built now on the
+        active path (and kept if it fits in what is left of ``cache_bytes``)."""
+        if i in self._cache:
+            path, state = self._cache[i]
+            return path, state, True
+        x, y = self._to_device(batch)
+        path = self._active
+        want = self.cache_bytes > 0 and i not in self._no_cache
+        state, nbytes = self._build_state(path, x, y, measure=want)
+        if want:
+            if self.cache_nbytes + nbytes <= self.cache_bytes:
+                self._cache[i] = (path, state)
+                self._cache_sizes[i] = nbytes
+                if path == "graph":
+                    self._graph_build_seconds[i] = self._last_build_seconds
+                return path, state, True
+            self._no_cache.add(i)
+        return path, state, False
+
+    def _batch_products(self, i: int, batch: Batch, vs: list[list[Tensor]]) -> list[Tensor]:
+        path, state, kept = self._state_for(i, batch)
+        k = len(vs)
+        batched = self._block.get((path, k))
+        memo_key = None
+        if batched is None and k > 1 and isinstance(batch[0], Tensor):
+            memo_key = ("block", path, k, *self._memo_key(*self._to_device(batch)))
+            batched = self._block[(path, k)] = self._recall(memo_key)
+        if batched is not None or k == 1:
+            if self._decided or not kept or path != "graph":
+                return self._apply_state(path, state, vs, kept, bool(batched))
+            clock = _clock(self.device)  # auto, undecided: note what the kept graph costs
+            start = clock()
+            res = self._apply_state(path, state, vs, kept, bool(batched))
+            seconds = (clock() - start) / k
+            self._graph_product_seconds[i] = min(self._graph_product_seconds.get(i, seconds), seconds)
+            return res
+        # first block of this size on this path: time it looped and vectorised, keep the faster
+        clock = _clock(self.device)
+        start = clock()
+        looped = self._apply_state(path, state, vs, True, False)
+        mid = clock()
+        vectorised = self._apply_state(path, state, vs, kept, True)
+        end = clock()
+        self.block_timings[path] = ((mid - start) / k, (end - mid) / k)
+        self._block[(path, k)] = end - mid < mid - start
+        if memo_key is not None:
+            self._remember(memo_key, self._block[(path, k)])
+        return vectorised if self._block[(path, k)] else looped  # what every later block gets
+
+    # ------------------------------------------------------------------ the auto trial
+    def _trial_due(self, batch: Batch) -> bool:
+        """Whether the auto path should run its trial on this product (first weighted batch)."""
+        if self._decided:
+            return False
+        x, y = self._to_device(batch)
+        if isinstance(x, Tensor):
+            chosen = self._recall(("path", self.cache_bytes > 0, self._cl if self._cl_fixed else None, *self._memo_key(x, y)))
+            if chosen is not None:
+                self._adopt(*chosen, "chosen earlier in this process for this model and batch shape")
+                return False
+        rebuild = sum(t for j, t in self._graph_build_seconds.items() if self._cache.get(j, ("",))[0] == "graph")
+        return self._spent >= self._trace_estimate(x, y) + rebuild
+
+    def _adopt(self, path: str, cl: bool, why: str) -> None:
+        self._decided = True
+        self._why = why
+        if path != self._active or (path == "linearize" and cl != self._cl):
+            self._active, self._cl = path, cl
+            for j in [j for j, (p, st) in self._cache.items() if p != path or (p == "linearize" and st[3] != cl)]:
+                del self._cache[j]
+                self._cache_sizes.pop(j, None)
+            self._no_cache.clear()
+
+    def _trial(self, i: int, batch: Batch, vs: list[list[Tensor]]) -> list[Tensor]:
+        """Batch ``i``'s products on every path, timed; keep the fastest (see ``path="auto"``)."""
+        x, y = self._to_device(batch)
+        k = len(vs)
+        images = isinstance(x, Tensor) and x.dim() == 4 and any(p.dim() == 4 for p in self.params)
+        layouts = [self._cl] if self._cl_fixed or not images else [False, True]
+        keep = self.cache_bytes > 0 and i not in self._no_cache
+        for j in [j for j in self._cache if j != i]:  # room for the trial: at most one batch held twice
+            del self._cache[j]
+            self._cache_sizes.pop(j, None)
+        self._no_cache.clear()
+        clock = _clock(self.device)
+        t0 = clock()
+        if i in self._cache and self._cache[i][0] == "graph":
+            g_state, g_build = self._cache[i][1], 0.0
+        else:
+            g_state = self._build_state("graph", x, y, measure=False)[0]
+            g_build = clock() - t0
+        kept_graph = keep and i in self._cache
+        candidates, failures = [], []
+        for cl in layouts:
+            try:
+                start = time.perf_counter()
+                self._linearization(x, y, cl)
+                trace = time.perf_counter() - start
+            except RuntimeError as err:  # the model or loss cannot be traced
+                failures.append(type(err.__cause__ if err.__cause__ is not None else err).__name__)
+                continue
+            t1 = clock()
+            state, nbytes = self._build_state("linearize", x, y, measure=keep, cl=cl)
+            build = clock() - t1
+            t = clock()
+            res = self._apply_state("linearize", state, vs, True, False)
+            candidates.append({"cl": cl, "state": state, "bytes": nbytes, "res": res, "trace": trace,
+                               "build": build, "product": (clock() - t) / k})
+        t = clock()
+        g_res = self._apply_state("graph", g_state, vs, keep, False)
+        g_prod = min(clock() - t, k * self._graph_product_seconds.get(i, math.inf)) / k  # with earlier products
+        if not candidates:
+            self._adopt("graph", False, f"cannot linearise: {', '.join(sorted(set(failures)))}")
+            return g_res
+        times = [g_prod, *(c["product"] for c in candidates)]
+        if len(times) > 1 and sorted(times)[1] < 1.2 * min(times):  # close: one more look at the newcomers
+            for c in candidates:
+                t = clock()
+                c["res"] = self._apply_state("linearize", c["state"], vs, True, False)
+                c["product"] = min(c["product"], (clock() - t) / k)
+        scale = max(max(float(r.norm()) for r in g_res), torch.finfo(self.dtype).tiny)
+        tol = max(1e4 * torch.finfo(self.dtype).eps, 1e-10)
+        timings = {"graph_build": g_build, "graph_product": g_prod, "trace": 0.0, "relative_difference": 0.0}
+        best = ("graph", False, g_prod if kept_graph else g_prod + g_build / k, None)
+        old = self._cache_sizes.get(i, 0) if i in self._cache else 0
+        for c in candidates:
+            name = "linearize_channels_last" if c["cl"] else "linearize"
+            diff = max(float((a - b).norm()) for a, b in zip(c["res"], g_res)) / scale
+            timings.update({f"{name}_build": c["build"], f"{name}_product": c["product"]})
+            timings["trace"] += c["trace"]
+            timings["relative_difference"] = max(timings["relative_difference"], diff)
+            if not diff <= tol:
+                warnings.warn(
+                    f"{type(self).__name__}: the linearised product ({name}) differs from the graph product by "
+                    f"{diff:.1e} (relative) on the first batch; not using it",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                continue
+            c["fits"] = keep and self.cache_nbytes - old + c["bytes"] <= self.cache_bytes
+            cost = c["product"] if kept_graph and c["fits"] else c["product"] + c["build"] / k
+            if cost < best[2]:
+                best = ("linearize", c["cl"], cost, c)
+        self.path_timings = timings
+        unit = "s" if self.device.type == "cuda" else "s of CPU time"
+        costs = ", ".join(f"{n[: -len('_product')].replace('_', ' ')} {v:.3g}" for n, v in timings.items() if n.endswith("_product"))
+        why = f"auto: {costs} {unit} per product on the first batch{'' if kept_graph else ', set-up included'}"
+        path, cl, _, chosen = best
+        self._remember(("path", self.cache_bytes > 0, self._cl if self._cl_fixed else None, *self._memo_key(x, y)), (path, cl))
+        self._adopt(path, cl, why)
+        if chosen is None:
+            return g_res
+        if chosen["fits"]:
+            self._cache[i] = ("linearize", chosen["state"])
+            self._cache_sizes[i] = chosen["bytes"]
+        return chosen["res"]
+
+    # ------------------------------------------------------------------ products
     def _matmat(self, V: Tensor) -> Tensor:
         k = V.shape[0]
         vs = [self.unflatten(V[j]) for j in range(k)]
         out = torch.zeros(k, self.dim, dtype=self.dtype, device=self.device)
+        first = True
         for i, batch in enumerate(self._data):
             c = self.batch_weights[i] if i < len(self.batch_weights) else self._weight_of(batch, _batch_size(batch))
             if c == 0:
                 continue
-            state, cached = self._state_for(i, batch)
-            res = self._apply(state, vs, keep=cached)
-            del state
+            start = time.perf_counter()
+            if first and self._trial_due(batch):
+                res = self._trial(i, batch, vs)
+            else:
+                res = self._batch_products(i, batch, vs)
+            self._spent += time.perf_counter() - start
+            first = False
             for j, r in enumerate(res):
                 out[j].add_(r, alpha=c)
         if self._distributed:
@@ -616,9 +1255,14 @@ class CurvatureOperator:
         return self.flatten([p.detach() for p in self.params])
 
     def __repr__(self) -> str:
+        path = f"path={self._active!r}" if self.path == self._active else f"path={self.path!r} -> {self._active!r}"
+        if self._active == "linearize" and self._cl:
+            path += " (channels-last)"
+        kept = f"{len(self._cache)}/{len(self.batch_sizes)} batches kept in {self.cache_nbytes / 2**20:.0f} MiB"
         return (
             f"{type(self).__name__}(dim={self.dim}, loss={self.loss.name}, num_samples={self.num_samples}, "
-            f"batches={len(self.batch_sizes)}, bn_mode={self.bn_mode!r}, weight_decay={self.weight_decay})"
+            f"batches={len(self.batch_sizes)}, bn_mode={self.bn_mode!r}, weight_decay={self.weight_decay}, "
+            f"{path} [{self._why}], {kept})"
         )
 
 
@@ -637,11 +1281,16 @@ class HessianOperator(CurvatureOperator):
     Any twice-differentiable loss works (see :func:`resolve_loss` for how the reduction is
     found).
 
-    Products are reverse-over-reverse: per batch the first-order graph of
-    :math:`g_b = \nabla_w L_b` is built once (``create_graph``) and
-    :math:`H_b v = \nabla_w (g_b^\top v)` is one more backward pass through it. The graph is
-    kept between products while it fits in ``cache_bytes`` (see :class:`CurvatureOperator`
-    for the arguments).
+    Products (``path``, see :class:`CurvatureOperator` for the arguments):
+
+    * ``"linearize"``: :math:`H_b v = \partial_t \nabla_w L_b(w + t v)|_{t=0}`, the ``jvp`` of
+      ``grad`` (forward-over-reverse), traced and split: the forward and backward passes run
+      once per batch, every product runs their tangents.
+    * ``"graph"``: the first-order graph of :math:`g_b = \nabla_w L_b` is built once
+      (``create_graph``) and :math:`H_b v = \nabla_w (g_b^\top v)` is one more backward pass
+      through it.
+
+    Either state is kept between products while it fits in ``cache_bytes``.
     """
 
     kind = "Hessian"
@@ -652,13 +1301,49 @@ class HessianOperator(CurvatureOperator):
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return grads
 
-    def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool) -> list[Tensor]:
+    def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool, batched: bool) -> list[Tensor]:
         grads = state
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         if not live:
             return [torch.zeros(self.dim, dtype=self.dtype, device=self.device) for _ in vs]
         outs = [grads[i] for i in live]
-        return _backward_block(outs, self.params, [[v[i] for i in live] for v in vs], keep, self.flatten)
+        return _backward_block(outs, self.params, [[v[i] for i in live] for v in vs], keep, self.flatten, batched)
+
+    def _product_fn(self) -> Callable[..., Any]:
+        loss_fn, call = self.loss_fn, _functional_model(self)
+
+        def product(*args: Tensor) -> Any:
+            net, diff, x, y, tangents = call(args)
+            return _tangent_with_target(grad(lambda d, target: loss_fn(net(d), target)), diff, tangents, y)
+
+        return product
+
+
+def _functional_model(op: CurvatureOperator) -> Callable[[Sequence[Tensor]], tuple[Any, ...]]:
+    """Unpack the flat inputs of a traced product, ``(*params, *fixed, x, y, *v)``, into
+    ``(net, params, x, y, v)`` with ``net(params)`` the model's output on ``x``."""
+    model, names, fixed = op.model, list(op.param_names), list(op._fixed_names)
+    nd, nf = len(names), len(fixed)
+
+    def unpack(args: Sequence[Tensor]) -> tuple[Any, ...]:
+        state = dict(zip(fixed, args[nd : nd + nf]))
+        x, y = args[nd + nf], args[nd + nf + 1]
+
+        def net(d: Sequence[Tensor]) -> Any:
+            return functional_call(model, {**state, **dict(zip(names, d))}, (x,))
+
+        return net, tuple(args[:nd]), x, y, tuple(args[nd + nf + 2 :])
+
+    return unpack
+
+
+def _tangent_with_target(f: Callable[[Any, Tensor], Any], primal: Any, tangent: Any, y: Tensor) -> Any:
+    """The tangent of ``f(primal, y)`` along ``tangent``. A floating-point target gets an
+    explicit zero tangent: some forward-mode rules (a mean ``mse_loss``'s backward) fail on
+    the implicit one."""
+    if y.is_floating_point():
+        return jvp(f, (primal, y), (tangent, torch.zeros_like(y)))[1]
+    return jvp(lambda p: f(p, y), (primal,), (tangent,))[1]
 
 
 def _backward_block(
@@ -667,18 +1352,20 @@ def _backward_block(
     cotangents: list[list[Tensor]],
     keep: bool,
     flatten: Callable[[Sequence[Tensor]], Tensor],
+    batched: bool = True,
 ) -> list[Tensor]:
     """Vector-Jacobian products of ``outputs`` w.r.t. ``inputs`` for each cotangent list.
 
-    Blocks of several cotangents go through one batched backward (``is_grads_batched``);
-    ops without a batching rule fall back to one backward per cotangent.
+    With ``batched``, blocks of several cotangents go through one batched backward
+    (``is_grads_batched``); ops without a batching rule fall back to one backward per
+    cotangent.
     """
 
     def fill(gs: Sequence[Tensor | None], lead: tuple[int, ...]) -> list[Tensor]:
         return [torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device) if g is None else g for g, p in zip(gs, inputs)]
 
     k = len(cotangents)
-    if k > 1:
+    if k > 1 and batched:
         try:
             stacked = [torch.stack([c[i] for c in cotangents]) for i in range(len(outputs))]
             gs = torch.autograd.grad(
@@ -711,10 +1398,18 @@ class GGNOperator(CurvatureOperator):
     ``NLLLoss`` and other ``torch.nn`` losses are refused (:func:`resolve_loss`); a callable of
     your own is used with the output Hessian autograd gives for it.
 
-    Per batch: :math:`J v` by forward mode (``torch.func.jvp``), :math:`\Lambda (J v)` by a
-    double backward of ``loss_fn`` in the output, then :math:`J^\top(\cdot)` by a backward
-    pass through the output's graph; both graphs are kept between products while they fit
-    in ``cache_bytes``. Same arguments as :class:`CurvatureOperator`.
+    Products (``path``; same arguments as :class:`CurvatureOperator`):
+
+    * ``"linearize"``: :math:`J v` by ``jvp``, :math:`\Lambda (J v)` by the ``jvp`` of the
+      loss's gradient in the output, :math:`J^\top(\cdot)` by ``vjp``, traced together and
+      split: the forward pass (shared by ``jvp`` and ``vjp``) and :math:`\Lambda`'s
+      ingredients run once per batch; every product runs a tangent forward pass, the output
+      Hessian and one backward pass.
+    * ``"graph"``: :math:`J v` by forward mode (``torch.func.jvp``, which recomputes the
+      forward pass), :math:`\Lambda (J v)` by a double backward of ``loss_fn`` in the
+      output, then :math:`J^\top(\cdot)` by a backward pass through the output's kept graph.
+
+    Either state is kept between products while it fits in ``cache_bytes``.
     """
 
     kind = "GGN"
@@ -728,15 +1423,26 @@ class GGNOperator(CurvatureOperator):
             g_out = torch.autograd.grad(self.loss_fn(leaf, y), leaf, create_graph=True)[0]
         return (x, out, leaf, g_out)
 
-    def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool) -> list[Tensor]:
+    def _apply(self, state: Any, vs: list[list[Tensor]], keep: bool, batched: bool) -> list[Tensor]:
         x, out, leaf, g_out = state
         if not g_out.requires_grad:  # the loss is linear in the output: Lambda = 0
             return [torch.zeros(self.dim, dtype=self.dtype, device=self.device) for _ in vs]
-        jvs = self._jacobian_products(x, vs)
-        ljv = _backward_block([g_out], [leaf], [[u] for u in jvs], keep, lambda ts: ts[0])
-        return _backward_block([out], self.params, [[c] for c in ljv], keep, self.flatten)
+        jvs = self._jacobian_products(x, vs, batched)
+        ljv = _backward_block([g_out], [leaf], [[u] for u in jvs], keep, lambda ts: ts[0], batched)
+        return _backward_block([out], self.params, [[c] for c in ljv], keep, self.flatten, batched)
 
-    def _jacobian_products(self, x: Any, vs: list[list[Tensor]]) -> list[Tensor]:
+    def _product_fn(self) -> Callable[..., Any]:
+        loss_fn, call = self.loss_fn, _functional_model(self)
+
+        def product(*args: Tensor) -> Any:
+            net, diff, x, y, tangents = call(args)
+            out, jv = jvp(net, (diff,), (tangents,))
+            ljv = _tangent_with_target(grad(lambda o, target: loss_fn(o, target)), out, jv, y)
+            return vjp(net, diff)[1](ljv)[0]
+
+        return product
+
+    def _jacobian_products(self, x: Any, vs: list[list[Tensor]], batched: bool = True) -> list[Tensor]:
         """:math:`J v` (shaped like the output) for each vector, by forward mode."""
         names = self.param_names
         primals = tuple(p.detach() for p in self.params)
@@ -745,7 +1451,7 @@ class GGNOperator(CurvatureOperator):
             return jvp(lambda ps: functional_call(self.model, dict(zip(names, ps)), (x,)), (primals,), (v,))[1]
 
         with batchnorm_mode(self.model, self.bn_mode):
-            if len(vs) > 1:
+            if len(vs) > 1 and batched:
                 try:
                     V = tuple(torch.stack([v[i] for v in vs]) for i in range(len(self.params)))
                     return list(vmap(jv)(V).unbind(0))

@@ -18,12 +18,14 @@ which integrates to 1 over the real line.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from hessian_lib.curvature.lanczos import LinearOperator, _progress, lanczos
+from hessian_lib.curvature.lanczos import LanczosProcess, LanczosResult, LinearOperator, _progress, lanczos
 
 __all__ = ["SLQResult", "gaussian_density", "slq_density"]
 
@@ -77,6 +79,28 @@ def gaussian_density(
     return out / max(len(ritz_values), 1)
 
 
+def _lockstep(
+    op: LinearOperator, num_iters: int, seeds: list[int], reorthogonalize: bool, bar: Any
+) -> list[LanczosResult]:
+    """Independent Lanczos runs from the start vectors of ``seeds``, advanced together: each
+    step multiplies the runs' current vectors as one block ``[k, P]`` (one pass over the
+    data; the operator loops or vectorises inside, whichever it measured faster)."""
+    procs = [LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize) for s in seeds]
+    for _ in range(min(num_iters, procs[0].dim)):
+        active = [p for p in procs if p.can_step()]
+        if not active:
+            break
+        start = time.perf_counter()
+        W = op.matvec(torch.stack([p.current() for p in active]))
+        share = (time.perf_counter() - start) / len(active)
+        for p, w in zip(active, W.unbind(0)):
+            p.product_seconds += share
+            p.advance(w)
+        if bar is not None:
+            bar.update(1)
+    return [p.result() for p in procs]
+
+
 def slq_density(
     op: LinearOperator,
     num_iters: int,
@@ -87,6 +111,7 @@ def slq_density(
     num_points: int = 2001,
     seed: int = 0,
     reorthogonalize: bool = True,
+    block: bool | None = None,
     progress: bool = False,
 ) -> SLQResult:
     r"""The SLQ spectral density of ``op``.
@@ -100,26 +125,37 @@ def slq_density(
             values padded by ``5 sigma`` on each side.
         sigma: Gaussian width; default 1% of the Ritz-value range (at least ``1e-12``).
         reorthogonalize: full re-orthogonalisation in each Lanczos run.
-        progress: tqdm bar over probes.
+        block: run the probes in lockstep, one block product ``[num_probes, P]`` per step
+            (one pass over the data per step for all probes; the operator multiplies the
+            block vector by vector or vectorised, whichever it measured faster), or one
+            probe after the other. Default: lockstep when the operator takes blocks
+            (``op.accepts_blocks``, true for the curvature operators). The Ritz values are
+            the same either way (the same products of the same vectors).
+        progress: tqdm bar over Lanczos steps (lockstep) or probes.
 
     Returns:
         :class:`SLQResult` with the grid, the density, and the raw Ritz values and weights.
     """
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
-    values: list[Tensor] = []
-    weights: list[Tensor] = []
-    products = 0
-    bar = _progress(num_probes, progress, "SLQ probes")
-    for p in range(num_probes):
-        res = lanczos(op, num_iters, seed=seed + p, reorthogonalize=reorthogonalize)
-        values.append(res.ritz_values)
-        weights.append(res.ritz_weights / res.ritz_weights.sum())
-        products += res.num_iters
-        if bar is not None:
-            bar.update(1)
+    if block is None:
+        block = bool(getattr(op, "accepts_blocks", False))
+    seeds = [seed + p for p in range(num_probes)]
+    if block and num_probes > 1:
+        bar = _progress(min(num_iters, int(op.dim)), progress, "SLQ steps")
+        runs = _lockstep(op, num_iters, seeds, reorthogonalize, bar)
+    else:
+        bar = _progress(num_probes, progress, "SLQ probes")
+        runs = []
+        for s in seeds:
+            runs.append(lanczos(op, num_iters, seed=s, reorthogonalize=reorthogonalize))
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
+    values = [r.ritz_values for r in runs]
+    weights = [r.ritz_weights / r.ritz_weights.sum() for r in runs]
+    products = sum(r.num_iters for r in runs)
     lo = min(float(v.min()) for v in values)
     hi = max(float(v.max()) for v in values)
     if sigma is None:

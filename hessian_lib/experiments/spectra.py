@@ -1,16 +1,19 @@
 r"""Experiments of the Spectra chapter: batch against empirical Hessian and GGN on CIFAR-100.
 
 For a trained network at several checkpoints, with N training images under test-time
-transforms as "the dataset":
+transforms as "the dataset" and BatchNorm in eval mode (running statistics, so every image
+contributes independently of its batch):
 
-* the empirical spectrum (Lanczos on the operator over all N images), and
-* batch spectra for B over a grid, several random batches of B images each (drawn without
-  replacement), for the Hessian and the Gauss-Newton matrix;
-* a direct estimate of the per-sample curvature noise,
-  :math:`s_1^2 = \mathbb E_i \lVert H_i - H_{\mathrm{emp}}\rVert_F^2 / P` (Hutchinson probes), which
-  is the single-sample Wigner scale of the Theory chapter;
-* fits of :math:`\lambda(B)` by the linear (outlier) form :math:`a + b\,(1/B - 1/N)` and by the
-  square-root (bulk-edge) form :math:`a + c\sqrt{1/B - 1/N}`;
+* the empirical spectrum (Lanczos on the operator over all N images) and batch spectra for B
+  over a grid, several random batches of B images each (drawn without replacement), for the
+  Hessian and the Gauss-Newton matrix, all with the same number of Lanczos steps; each
+  extreme Ritz value keeps its residual bound :math:`\lVert A y - \theta y\rVert`;
+* the shift :math:`\Delta(B) = \overline{|\lambda_{\mathrm{ext}}(H_B)|} - |\lambda_{\mathrm{ext}}(H_{\mathrm{emp}})|`
+  with its standard error over draws, the draws per B chosen from a first estimate of the
+  shift and its spread (:func:`plan_draws`), and the exponent :math:`\gamma` of
+  :math:`\Delta \propto (1/B - 1/N)^\gamma` with a confidence interval (:func:`fit_shift_exponent`);
+* a direct estimate of the per-sample curvature noise (:func:`per_sample_noise_scale`) and
+  three parameter-free predictions of the batch extremes from it (:mod:`hessian_lib.rmt`);
 * a dense-Hessian validation of Lanczos on a network small enough to diagonalise exactly.
 
 Every result is cached in a :class:`~hessian_lib.store.ResultsStore` per (checkpoint, matrix),
@@ -20,38 +23,60 @@ so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 import torch
 from torch import nn
 
-from hessian_lib import scaling
+from hessian_lib import rmt, scaling, verdicts
 from hessian_lib.curvature import GGNOperator, HessianOperator, batch_operator, dense_ggn, dense_hessian, lanczos
 from hessian_lib.device import resolve_device
+from hessian_lib.experiments.theory import child_seed
 from hessian_lib.experiments.training import TrainResult, curvature_inputs, train_experiment
-from hessian_lib.profiles import Profile, load_profile
+from hessian_lib.models.mlp import PooledMLP
+from hessian_lib.profiles import Profile, SpectraSizes, load_profile
 from hessian_lib.store import ResultsStore
 
 __all__ = [
+    "BN_MODE",
+    "ENDS",
     "KINDS",
+    "PREDICTIONS",
+    "RESIDUAL_TOLERANCE",
+    "TARGET_SE_FRACTION",
     "SpectraResult",
+    "dense_validation",
+    "extreme_ritz",
+    "fit_shift_exponent",
+    "network_state",
+    "per_sample_noise_scale",
+    "plan_draws",
+    "required_draws",
+    "run_spectra",
+    "shift_statistics",
     "spectra_dataset",
     "spectrum_at",
-    "per_sample_noise_scale",
-    "fit_batch_dependence",
-    "wigner_prediction",
-    "directional_prediction",
-    "claim_checks",
-    "verdict",
-    "dense_validation",
-    "run_spectra",
 ]
 
 KINDS = ("hessian", "ggn")
+#: The ends of each matrix the claims are about: both ends of the Hessian, the top of the GGN (PSD).
+ENDS: dict[str, tuple[str, ...]] = {"hessian": ("top", "bottom"), "ggn": ("top",)}
+#: BatchNorm uses its running statistics in every product (see :func:`hessian_lib.curvature.batchnorm_mode`).
+BN_MODE = "eval"
+#: The draws per B aim at a standard error of the shift of at most this fraction of the shift.
+TARGET_SE_FRACTION = 0.25
+#: An extreme Ritz value whose residual bound exceeds this fraction of its magnitude is flagged.
+RESIDUAL_TOLERANCE = 0.01
+#: The three noise models whose predictions are compared with the measured extremes.
+PREDICTIONS = ("isotropic Wigner", "directional", "rank-deficient MP")
+
 _OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator}
 
 
@@ -59,18 +84,90 @@ def _chunks(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Ten
     return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
 
 
+def _operator(kind: str, model: nn.Module, data: Any):
+    return _OPERATORS[kind](model, nn.CrossEntropyLoss(), data, bn_mode=BN_MODE)
+
+
 def spectra_dataset(profile: Profile, data_root: Any = None, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The N = ``spectra.dataset_size`` training images of the study: float32 [N, 3, 32, 32] (test-time), labels [N]."""
     return curvature_inputs(profile, data_root, device, size=profile.spectra.dataset_size)
 
 
+@torch.no_grad()
+def network_state(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 256) -> dict[str, float]:
+    """Loss, accuracy and mean largest softmax probability of ``model`` (eval mode) on (x, y).
+
+    A mean largest probability near 1/C (C classes) means a near-uniform softmax: then every
+    sample's output Hessian :math:`\\Lambda_i = \\mathrm{diag}(p) - pp^\\top` is nearly the same
+    matrix and the batch Gauss-Newton matrix barely fluctuates.
+    """
+    model.eval()
+    logits = torch.cat([model(xb) for xb, _ in _chunks(x, y, chunk_size)])
+    probs = logits.softmax(dim=1)
+    return {"loss": float(nn.functional.cross_entropy(logits, y)),
+            "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
+            "mean_max_prob": float(probs.max(dim=1).values.mean()),
+            "num_classes": int(logits.shape[1])}
+
+
 def _lanczos_record(op, steps: int, seed: int, vectors: bool = False) -> dict[str, np.ndarray]:
     res = lanczos(op, steps, seed=seed, return_vectors=vectors)
-    out = {"ritz_values": res.ritz_values.numpy(), "ritz_weights": res.ritz_weights.numpy()}
+    out = {"ritz_values": res.ritz_values.numpy(), "ritz_weights": res.ritz_weights.numpy(),
+           "residuals": res.residuals.numpy()}
     if vectors:
         out["top_vector"] = res.ritz_vectors[-1].float().cpu().numpy()
         out["bottom_vector"] = res.ritz_vectors[0].float().cpu().numpy()
     return out
+
+
+def extreme_ritz(values: np.ndarray, residuals: np.ndarray, end: str) -> tuple[np.ndarray, np.ndarray]:
+    """The extreme Ritz value at ``end`` ('top' or 'bottom') along the last axis, and its residual bound.
+
+    ``values``, ``residuals``: [..., m] (NaN where a run stopped early); returns two arrays [...]
+    (NaN where a row has no value).
+    """
+    filled = np.where(np.isfinite(values), values, -np.inf if end == "top" else np.inf)
+    idx = np.argmax(filled, axis=-1) if end == "top" else np.argmin(filled, axis=-1)
+    value = np.take_along_axis(values, idx[..., None], axis=-1)[..., 0]
+    residual = np.take_along_axis(residuals, idx[..., None], axis=-1)[..., 0]
+    return value, residual
+
+
+def required_draws(magnitudes: np.ndarray, empirical_magnitude: float, target: float = TARGET_SE_FRACTION) -> float:
+    r"""Draws needed for a standard error of the shift of at most ``target`` times the shift.
+
+    From first draws ``magnitudes`` [n >= 2] of :math:`|\lambda_{\mathrm{ext}}(H_B)|`: with shift
+    :math:`\Delta` = mean - ``empirical_magnitude`` and standard deviation s, it is
+    :math:`\lceil (s / (\text{target}\,\Delta))^2\rceil`; ``inf`` when the shift is not positive.
+    """
+    m = np.asarray(magnitudes, dtype=float)
+    m = m[np.isfinite(m)]
+    if m.size < 2:
+        return math.inf
+    shift = float(m.mean()) - float(empirical_magnitude)
+    if not shift > 0:
+        return math.inf
+    return float(math.ceil((float(m.std(ddof=1)) / (target * shift)) ** 2 * (1 - 1e-12)))  # no ceil of 8.0000001
+
+
+def plan_draws(required: Any, batch_sizes: Any, *, min_draws: int, max_draws: int, budget: int) -> np.ndarray:
+    """Draws per batch size [len(B)]: ``required`` ones where the budget of images allows.
+
+    Every B keeps its ``min_draws`` first draws. The extra draws each B needs (``required`` minus
+    ``min_draws``, at most ``max_draws`` in all) are granted in order of their cost in images
+    (extra draws x B, cheapest first), while the images of all draws stay within ``budget``;
+    the last B granted may get part of what it needs.
+    """
+    req = np.asarray(required, dtype=float)
+    b = np.asarray(batch_sizes, dtype=int)
+    draws = np.full(b.shape, int(min_draws))
+    extra = np.clip(np.nan_to_num(req, posinf=max_draws) - min_draws, 0, max_draws - min_draws).astype(int)
+    spent = int(min_draws * b.sum())
+    for i in sorted(range(b.size), key=lambda j: (extra[j] * b[j], b[j])):
+        give = int(min(extra[i], max(budget - spent, 0) // b[i]))
+        draws[i] += give
+        spent += give * int(b[i])
+    return draws
 
 
 def spectrum_at(
@@ -78,60 +175,139 @@ def spectrum_at(
     x: torch.Tensor,
     y: torch.Tensor,
     kind: str,
-    profile: Profile,
+    sizes: SpectraSizes,
     *,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Empirical and batch Lanczos spectra of one matrix (``kind``: hessian or ggn) at one set of weights.
 
-    Returns arrays: ``empirical_values`` / ``empirical_weights`` [m_emp]; ``batch_values`` /
-    ``batch_weights`` [len(B grid), draws, m]; ``batch_top`` / ``batch_bottom`` [len(B grid), draws]
-    (extreme Ritz values); ``batch_sizes`` [len(B grid)]; ``empirical_top_vector`` /
-    ``empirical_bottom_vector`` [P] (the extreme Ritz vectors); scalars ``empirical_top``,
-    ``empirical_bottom``, ``dim`` (P) and ``dataset_size`` (N).
+    Every spectrum takes ``sizes.lanczos_steps`` (m) steps. The batch draws come in two stages:
+    ``sizes.min_draws`` per B, then :func:`plan_draws` from the :func:`required_draws` of each B
+    (the larger over the matrix's ends, :data:`ENDS`). Returns arrays: ``empirical_values`` /
+    ``empirical_weights`` / ``empirical_residuals`` [m]; ``empirical_top_vector`` /
+    ``empirical_bottom_vector`` [P] (the extreme Ritz vectors); ``batch_sizes`` [G];
+    ``draws`` [G] (draws made); ``required_draws`` [G] (from the first stage; inf when the first
+    draws showed no shift); ``batch_values`` / ``batch_weights`` / ``batch_residuals``
+    [G, max_draws, m] (NaN beyond the draws made); scalars ``dim`` (P), ``dataset_size`` (N),
+    ``num_classes`` (C), ``lanczos_steps`` (m) and ``seconds``.
     """
-    sizes = profile.spectra
-    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
     model.eval()
-    emp = _OPERATORS[kind](model, loss_fn, _chunks(x, y, sizes.chunk_size))
-    empirical = _lanczos_record(emp, sizes.empirical_lanczos_steps, seed, vectors=True)
-    emp.clear_cache()
-    grid = list(sizes.batch_sizes)
     m = sizes.lanczos_steps
-    values = np.full((len(grid), sizes.draws, m), np.nan)
-    weights = np.full((len(grid), sizes.draws, m), np.nan)
+    emp = _operator(kind, model, _chunks(x, y, sizes.chunk_size))
+    empirical = _lanczos_record(emp, m, child_seed(seed, 1), vectors=True)
+    emp.clear_cache()
+    grid = [int(b) for b in sizes.batch_sizes]
+    shape = (len(grid), sizes.max_draws, m)
+    values, weights, residuals = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    loss_fn = nn.CrossEntropyLoss()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(grid) * sizes.draws, desc=f"{kind} batch spectra", leave=False)
-    for i, b in enumerate(grid):
-        for d in range(sizes.draws):
-            op = batch_operator(kind, model, loss_fn, (x, y), b, seed=seed * 100_003 + 1_000 * i + d)
-            rec = _lanczos_record(op, m, seed + d + 1)
-            k = len(rec["ritz_values"])  # fewer on breakdown (rank-deficient batch GGN)
-            values[i, d, :k] = rec["ritz_values"]
-            weights[i, d, :k] = rec["ritz_weights"]
-            if bar is not None:
-                bar.update(1)
+        bar = tqdm(total=len(grid) * sizes.min_draws, desc=f"{kind} batch spectra", leave=False)
+
+    def draw(i: int, d: int) -> None:
+        b = grid[i]
+        op = batch_operator(kind, model, loss_fn, (x, y), b, seed=child_seed(seed, 2, b, d), bn_mode=BN_MODE)
+        rec = _lanczos_record(op, m, child_seed(seed, 3, b, d))
+        k = len(rec["ritz_values"])  # fewer on breakdown (a rank-deficient batch GGN)
+        values[i, d, :k], weights[i, d, :k], residuals[i, d, :k] = \
+            rec["ritz_values"], rec["ritz_weights"], rec["residuals"]
+        if bar is not None:
+            bar.update(1)
+
+    for i in range(len(grid)):
+        for d in range(sizes.min_draws):
+            draw(i, d)
+    required = np.zeros(len(grid))
+    for end in ENDS[kind]:
+        emp_value, _ = extreme_ritz(empirical["ritz_values"], empirical["residuals"], end)
+        batch_value, _ = extreme_ritz(values[:, :sizes.min_draws], residuals[:, :sizes.min_draws], end)
+        required = np.maximum(required, [required_draws(np.abs(row), abs(float(emp_value))) for row in batch_value])
+    draws = plan_draws(required, grid, min_draws=sizes.min_draws, max_draws=sizes.max_draws,
+                       budget=sizes.batch_images)
+    if bar is not None:
+        bar.total += int((draws - sizes.min_draws).sum())
+    for i in range(len(grid)):
+        for d in range(sizes.min_draws, int(draws[i])):
+            draw(i, d)
     if bar is not None:
         bar.close()
     return {
         "empirical_values": empirical["ritz_values"],
         "empirical_weights": empirical["ritz_weights"],
+        "empirical_residuals": empirical["residuals"],
         "empirical_top_vector": empirical["top_vector"],
         "empirical_bottom_vector": empirical["bottom_vector"],
-        "empirical_top": float(empirical["ritz_values"].max()),
-        "empirical_bottom": float(empirical["ritz_values"].min()),
         "batch_sizes": np.asarray(grid),
+        "draws": np.asarray(draws),
+        "required_draws": required,
         "batch_values": values,
         "batch_weights": weights,
-        "batch_top": np.nanmax(values, axis=2),
-        "batch_bottom": np.nanmin(values, axis=2),
+        "batch_residuals": residuals,
         "dim": int(emp.dim),
         "dataset_size": int(len(y)),
+        "num_classes": int(model(x[:1]).shape[1]),
+        "lanczos_steps": int(m),
+        "seconds": time.perf_counter() - start,
     }
+
+
+def shift_statistics(sp: dict[str, Any], end: str) -> pd.DataFrame:
+    r"""The shift of one end of one matrix, one row per B.
+
+    Columns: ``B``; ``x`` :math:`= 1/B - 1/N`; ``draws``; ``mean |lambda_B|``; ``shift``
+    :math:`\Delta(B)`; ``se`` (its standard error over draws: the sample standard deviation over
+    :math:`\sqrt{\text{draws}}`); ``se/shift``; ``flagged`` (draws whose extreme Ritz value has a
+    residual bound above :data:`RESIDUAL_TOLERANCE` of its magnitude). ``attrs`` hold the
+    empirical extreme (``empirical``, signed), its residual bound and whether it is flagged.
+    """
+    emp_value, emp_res = extreme_ritz(sp["empirical_values"], sp["empirical_residuals"], end)
+    value, res = extreme_ritz(sp["batch_values"], sp["batch_residuals"], end)
+    mag = np.abs(value)
+    n = np.sum(np.isfinite(mag), axis=1)
+    mean = np.nanmean(mag, axis=1)
+    se = np.nanstd(mag, axis=1, ddof=1) / np.sqrt(n)
+    shift = mean - abs(float(emp_value))
+    b = np.asarray(sp["batch_sizes"], dtype=float)
+    flagged = np.sum(np.isfinite(mag) & (res > RESIDUAL_TOLERANCE * mag), axis=1)
+    table = pd.DataFrame({"B": b.astype(int), "x": 1.0 / b - 1.0 / float(sp["dataset_size"]), "draws": n,
+                          "mean |lambda_B|": mean, "shift": shift, "se": se,
+                          "se/shift": np.where(shift > 0, se / np.where(shift > 0, shift, 1.0), np.inf),
+                          "flagged": flagged})
+    table.attrs.update(empirical=float(emp_value), empirical_residual=float(emp_res),
+                       empirical_flagged=bool(emp_res > RESIDUAL_TOLERANCE * abs(float(emp_value))))
+    return table
+
+
+def fit_shift_exponent(x: Any, shift: Any, se: Any, confidence: float = verdicts.GAMMA_CONFIDENCE) -> dict[str, float]:
+    r"""Fit :math:`\Delta = c\,x^\gamma` by weighted least squares on logarithms, with an interval for :math:`\gamma`.
+
+    ``x`` (:math:`1/B - 1/N`), ``shift`` (:math:`\Delta`) and ``se`` (its standard error): 1-D of
+    one length. Only points with a positive shift and standard error enter (a logarithm needs
+    :math:`\Delta > 0`); each has weight :math:`(\Delta/\mathrm{se})^2`, the inverse variance of
+    :math:`\log\Delta` by the delta method. The weights are taken as relative: the covariance is
+    scaled by the reduced :math:`\chi^2`, and the ``confidence`` interval uses Student's t with
+    n - 2 degrees of freedom. Returns ``gamma``, ``gamma_err``, ``gamma_low``, ``gamma_high``,
+    ``amplitude`` (c), ``chi2_red`` and ``n_used``; NaN for all but ``n_used`` when fewer than
+    three points qualify.
+    """
+    x, shift, se = (np.asarray(a, dtype=float).reshape(-1) for a in (x, shift, se))
+    use = (x > 0) & (shift > 0) & (se > 0) & np.isfinite(shift) & np.isfinite(se)
+    out = dict.fromkeys(("gamma", "gamma_err", "gamma_low", "gamma_high", "amplitude", "chi2_red"), math.nan)
+    out["n_used"] = int(use.sum())
+    if use.sum() < 3 or np.unique(x[use]).size < 2:
+        return out
+    lx = np.log(x[use])
+    fit = scaling.weighted_least_squares(np.stack([np.ones_like(lx), lx], axis=1), np.log(shift[use]),
+                                         (shift[use] / se[use]) ** 2)
+    gamma, err = float(fit["coef"][1]), float(np.sqrt(fit["cov"][1, 1]))
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, fit["dof"])) * err
+    out.update(gamma=gamma, gamma_err=err, gamma_low=gamma - half, gamma_high=gamma + half,
+               amplitude=float(np.exp(fit["coef"][0])), chi2_red=fit["chi2_red"])
+    return out
 
 
 def per_sample_noise_scale(
@@ -155,14 +331,13 @@ def per_sample_noise_scale(
     (delta method over samples) and ``frobenius2`` (the mean squared Frobenius norm).
 
     ``directions`` (name -> unit vector [P], e.g. the empirical top eigenvector v) adds the
-    noise *along* each direction, ``s2_<name>`` :math:`= \mathbb E_i \lVert (I - vv^\top)(M_i - M)v\rVert^2`:
-    the variance that second-order perturbation theory says pushes the eigenvalue of v, so that
-    :math:`\lambda(B) \approx \theta + (1/B - 1/N)\, s_v^2/\theta`. For isotropic Wigner noise it equals
-    :math:`s_1^2`; for noise concentrated on v's neighbourhood it is larger.
+    noise *along* each direction, ``s2_<name>`` :math:`= \mathbb E_i \lVert (I - vv^\top)(M_i - M)v\rVert^2`,
+    and its standard error ``s2_<name>_err``: the variance that second-order perturbation theory
+    says pushes the eigenvalue of v (:func:`hessian_lib.rmt.directional_outlier`). For isotropic
+    Wigner noise it equals :math:`s_1^2`; for noise concentrated on v's neighbourhood it is larger.
     """
-    loss_fn = nn.CrossEntropyLoss()
     model.eval()
-    emp = _OPERATORS[kind](model, loss_fn, _chunks(x, y, chunk_size))
+    emp = _operator(kind, model, _chunks(x, y, chunk_size))
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn(probes, emp.dim, generator=gen)
     names = list(directions or {})
@@ -174,7 +349,7 @@ def per_sample_noise_scale(
     picks = torch.randperm(len(y), generator=gen)[:samples].tolist()
     fro2_list, along = [], {n: [] for n in names}
     for i in picks:
-        op = _OPERATORS[kind](model, loss_fn, (x[i:i + 1], y[i:i + 1]))
+        op = _operator(kind, model, (x[i:i + 1], y[i:i + 1]))
         diff = (op.matvec(block).reshape(len(block), -1) - m_block).double()
         fro2_list.append(float((diff[:probes] ** 2).sum(dim=1).mean()))
         for j, n in enumerate(names):
@@ -184,67 +359,26 @@ def per_sample_noise_scale(
     fro2 = np.asarray(fro2_list)
     mean = float(fro2.mean())
     s1 = float(np.sqrt(mean / emp.dim))
-    err = float(fro2.std(ddof=1) / np.sqrt(len(fro2)) / (2 * np.sqrt(mean * emp.dim))) if len(fro2) > 1 else float("nan")
+    err = float(fro2.std(ddof=1) / np.sqrt(len(fro2)) / (2 * np.sqrt(mean * emp.dim))) if len(fro2) > 1 else math.nan
     out = {"s1": s1, "s1_err": err, "frobenius2": mean, "dim": int(emp.dim)}
     for n in names:
-        out[f"s2_{n}"] = float(np.mean(along[n]))
+        a = np.asarray(along[n])
+        out[f"s2_{n}"] = float(a.mean())
+        out[f"s2_{n}_err"] = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else math.nan
     return out
-
-
-def fit_batch_dependence(batch_sizes: np.ndarray, values: np.ndarray, n_data: int, empirical: float) -> dict[str, float]:
-    r"""Fit extreme eigenvalues [len(B), draws] against B by the linear and the square-root form.
-
-    Linear (outlier regime): :math:`\lambda(B) = a + b\,x`, :math:`x = 1/B - 1/N`.
-    Square root (bulk-edge regime): :math:`\lambda(B) = a' + c\sqrt{x}`. Both are least squares
-    on the means over draws, weighted by their standard errors; the reported ``*_rms`` is the
-    RMS relative residual. ``a`` should match the empirical value when the model holds.
-    """
-    b = np.asarray(batch_sizes, dtype=float)
-    mean = np.nanmean(values, axis=1)
-    sd = np.nanstd(values, axis=1, ddof=1) if values.shape[1] > 1 else np.zeros_like(mean)
-    se = np.maximum(sd / np.sqrt(values.shape[1]), 1e-3 * np.abs(mean) + 1e-12)
-    x = 1.0 / b - 1.0 / n_data
-    # include the empirical point (x = 0) with the smallest standard error of the grid
-    xs = np.concatenate([x, [0.0]])
-    ys = np.concatenate([mean, [empirical]])
-    ws = 1.0 / np.concatenate([se, [se.min()]]) ** 2
-    out: dict[str, float] = {}
-    for name, feature in (("linear", xs), ("sqrt", np.sqrt(xs))):
-        design = np.stack([np.ones_like(feature), feature], axis=1)
-        w = np.sqrt(ws)
-        coef, *_ = np.linalg.lstsq(design * w[:, None], ys * w, rcond=None)
-        resid = (ys - design @ coef) / np.maximum(np.abs(ys), 1e-12)
-        out[f"{name}_intercept"] = float(coef[0])
-        out[f"{name}_slope"] = float(coef[1])
-        out[f"{name}_rms"] = float(np.sqrt(np.mean(resid**2)))
-    shift = scaling.fit_inverse_batch_shift(b, mean, n_data=n_data, weights=1.0 / se**2)
-    out.update({"a": shift["a"], "a_err": shift["a_err"], "b": shift["b"], "b_err": shift["b_err"]})
-    return out
-
-
-class _MLP(nn.Module):
-    """The validation network: 4x4 average-pooled images (48 inputs) -> hidden -> 100 classes."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(4)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, hidden), nn.Tanh(), nn.Linear(hidden, 100))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.pool(x))
 
 
 def dense_validation(x: torch.Tensor, y: torch.Tensor, *, hidden: int, steps: int = 40, lanczos_steps: int = 80,
                      k: int = 5, seed: int = 0) -> pd.DataFrame:
     """Lanczos extremes against the exact eigenvalues of a dense Hessian and GGN of a small MLP.
 
-    The MLP (P = 49 hidden + 101 * 100 ... see :class:`_MLP`) is trained for ``steps`` full-batch
-    gradient steps on (x, y) first, so the spectrum is not that of initialisation. Returns one
-    row per (matrix, end, rank) with the exact and Lanczos eigenvalues and their relative error.
+    The :class:`~hessian_lib.models.mlp.PooledMLP` is trained for ``steps`` full-batch gradient
+    steps on (x, y) first, so the spectrum is not that of initialisation. Returns one row per
+    (matrix, end, rank) with the exact and Lanczos eigenvalues and their relative error.
     """
     torch.manual_seed(seed)
     x, y = x.cpu(), y.cpu()
-    model = _MLP(hidden)
+    model = PooledMLP(hidden)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(steps):
@@ -254,7 +388,7 @@ def dense_validation(x: torch.Tensor, y: torch.Tensor, *, hidden: int, steps: in
     rows = []
     for kind, dense_fn in (("hessian", dense_hessian), ("ggn", dense_ggn)):
         exact = torch.linalg.eigvalsh(dense_fn(model, loss_fn, (x, y))).numpy()
-        res = lanczos(_OPERATORS[kind](model, loss_fn, (x, y)), lanczos_steps, seed=seed)
+        res = lanczos(_operator(kind, model, (x, y)), lanczos_steps, seed=seed)
         ritz = res.ritz_values.numpy()
         ends = [("top", exact[::-1][:k], ritz[::-1][:k])]
         if kind == "hessian":
@@ -274,40 +408,141 @@ class SpectraResult:
     """Everything the Spectra chapter shows.
 
     ``spectra[(epoch, kind)]``: the dict of :func:`spectrum_at`; ``noise[(epoch, kind)]``: the dict of
-    :func:`per_sample_noise_scale`; ``train``: the training run; ``dim`` (P) and ``n_data`` (N).
+    :func:`per_sample_noise_scale`; ``states[epoch]``: the dict of :func:`network_state` on the N
+    images; ``train``: the training run; ``dim`` (P) and ``n_data`` (N).
     """
 
-    train: TrainResult
+    train: TrainResult | None
     spectra: dict[tuple[int, str], dict[str, Any]]
     noise: dict[tuple[int, str], dict[str, float]]
+    states: dict[int, dict[str, float]]
     dim: int
     n_data: int
-
-    def fits(self) -> pd.DataFrame:
-        """One row per (checkpoint, matrix, end): the linear and square-root fits of the extreme eigenvalue."""
-        rows = []
-        for (epoch, kind), sp in self.spectra.items():
-            ends = [("top", sp["batch_top"], sp["empirical_top"])]
-            if kind == "hessian":
-                ends.append(("bottom", sp["batch_bottom"], sp["empirical_bottom"]))
-            for end, vals, emp in ends:
-                fit = fit_batch_dependence(sp["batch_sizes"], vals, self.n_data, emp)
-                rows.append({"epoch": epoch, "matrix": kind, "end": end, "empirical": emp, **fit})
-        return pd.DataFrame(rows)
 
     def epochs(self) -> list[int]:
         return sorted({e for e, _ in self.spectra})
 
+    def shifts(self, epoch: int, kind: str, end: str) -> pd.DataFrame:
+        """:func:`shift_statistics` of one end of one matrix at one checkpoint."""
+        return shift_statistics(self.spectra[(epoch, kind)], end)
+
+    def shift_fit(self, epoch: int, kind: str, end: str) -> dict[str, float]:
+        """:func:`fit_shift_exponent` of the shift of one end of one matrix at one checkpoint."""
+        t = self.shifts(epoch, kind, end)
+        return fit_shift_exponent(t["x"], t["shift"], t["se"])
+
+    def evidence(self, kind: str) -> dict[int, dict[str, verdicts.ShiftEvidence]]:
+        """epoch -> end -> the :class:`~hessian_lib.verdicts.ShiftEvidence` of the shift rule."""
+        out: dict[int, dict[str, verdicts.ShiftEvidence]] = {}
+        for epoch in self.epochs():
+            out[epoch] = {}
+            for end in ENDS[kind]:
+                t, fit = self.shifts(epoch, kind, end), self.shift_fit(epoch, kind, end)
+                out[epoch][end] = verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]),
+                                                         fit["gamma_low"], fit["gamma_high"])
+        return out
+
+    def shift_table(self) -> pd.DataFrame:
+        """One row per (checkpoint, matrix, end): the shift rule's numbers and the exponent fit."""
+        rows = []
+        for epoch in self.epochs():
+            for kind in KINDS:
+                for end in ENDS[kind]:
+                    t, fit = self.shifts(epoch, kind, end), self.shift_fit(epoch, kind, end)
+                    ev = verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]), fit["gamma_low"],
+                                                fit["gamma_high"])
+                    rows.append({
+                        "epoch": epoch, "matrix": kind, "end": end, "empirical": t.attrs["empirical"],
+                        "empirical flagged": t.attrs["empirical_flagged"],
+                        "min shift/se": float(np.min(t["shift"] / t["se"])),
+                        "significant at every B": ev.significant(),
+                        "gamma": fit["gamma"], "gamma low": fit["gamma_low"], "gamma high": fit["gamma_high"],
+                        "regime": ev.regime(), "points fitted": fit["n_used"],
+                        "B at target se": int(np.sum(t["se/shift"] <= TARGET_SE_FRACTION)),
+                        "draws": int(t["draws"].sum()), "flagged draws": int(t["flagged"].sum()),
+                    })
+        return pd.DataFrame(rows)
+
+    def verdict(self, kind: str) -> tuple[str, dict[int, str]]:
+        """The claim's verdict (claim 1: ``"hessian"``, claim 3: ``"ggn"``) by :func:`~hessian_lib.verdicts.shift_claim_verdict`."""
+        return verdicts.shift_claim_verdict(self.evidence(kind))
+
+    def predictions(self, epoch: int, kind: str, end: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        r"""The three noise models' predictions of the extreme eigenvalue (signed) for each B: name -> (value, error).
+
+        Parameter-free, from the empirical extreme :math:`\theta` and the measured noise:
+        isotropic Wigner (:func:`hessian_lib.rmt.wigner_outlier` with :math:`s = s_1\sqrt x`),
+        directional (:func:`hessian_lib.rmt.directional_outlier` with :math:`s_v^2` along the
+        extreme eigenvector) and rank-deficient Marchenko-Pastur
+        (:func:`hessian_lib.rmt.rank_deficient_outlier` with rank C - 1 per sample). The error
+        propagates one standard error of :math:`s_1` (:math:`s_v^2`).
+        """
+        sp, noise = self.spectra[(epoch, kind)], self.noise[(epoch, kind)]
+        theta = float(extreme_ritz(sp["empirical_values"], sp["empirical_residuals"], end)[0])
+        x = 1.0 / np.asarray(sp["batch_sizes"], dtype=float) - 1.0 / self.n_data
+        s1, s1_err = noise["s1"], noise["s1_err"]
+        s2, s2_err = noise[f"s2_{end}"], noise[f"s2_{end}_err"]
+        rank = int(sp["num_classes"]) - 1
+        models = {
+            "isotropic Wigner": lambda s, v: rmt.wigner_outlier(theta, s * np.sqrt(x)),
+            "directional": lambda s, v: rmt.directional_outlier(theta, x, v),
+            "rank-deficient MP": lambda s, v: rmt.rank_deficient_outlier(theta, s, x, self.dim, rank),
+        }
+        out = {}
+        for name, f in models.items():
+            lo = f(max(s1 - s1_err, 0.0), max(s2 - s2_err, 0.0))
+            hi = f(s1 + s1_err, s2 + s2_err)
+            out[name] = (np.asarray(f(s1, s2), dtype=float), np.abs(np.asarray(hi) - np.asarray(lo)) / 2)
+        return out
+
+    def measured_extremes(self, epoch: int, kind: str, end: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean extreme Ritz value (signed) over draws for each B, and its standard error."""
+        sp = self.spectra[(epoch, kind)]
+        value, _ = extreme_ritz(sp["batch_values"], sp["batch_residuals"], end)
+        n = np.sum(np.isfinite(value), axis=1)
+        return np.nanmean(value, axis=1), np.nanstd(value, axis=1, ddof=1) / np.sqrt(n)
+
+    def prediction_table(self) -> pd.DataFrame:
+        """How well each noise model predicts the measured extremes, one row per (checkpoint, matrix, end, model).
+
+        ``rms rel. error``: RMS over B of (prediction - mean) / mean; ``max |z|``: the largest
+        difference in units of the combined standard error (measurement and prediction);
+        ``closest``: whether the model has the smallest RMS relative error of the three.
+        """
+        rows = []
+        for epoch in self.epochs():
+            for kind in KINDS:
+                for end in ENDS[kind]:
+                    mean, se = self.measured_extremes(epoch, kind, end)
+                    group = []
+                    for name, (pred, err) in self.predictions(epoch, kind, end).items():
+                        rel = (pred - mean) / np.abs(mean)
+                        z = (pred - mean) / np.sqrt(se**2 + err**2)
+                        group.append({"epoch": epoch, "matrix": kind, "end": end, "model": name,
+                                      "rms rel. error": float(np.sqrt(np.mean(rel**2))),
+                                      "max |z|": float(np.max(np.abs(z)))})
+                    best = min(r["rms rel. error"] for r in group)
+                    rows += [{**r, "closest": r["rms rel. error"] == best} for r in group]
+        return pd.DataFrame(rows)
+
+    def checkpoint_table(self) -> pd.DataFrame:
+        """One row per checkpoint: accuracies from the training run and the network's state on the N images."""
+        history = {int(h["epoch"]): h for h in (self.train.history if self.train is not None else [])}
+        rows = []
+        for epoch in self.epochs():
+            h, s = history.get(epoch, {}), self.states[epoch]
+            rows.append({"epoch": epoch, "train acc. (running)": h.get("train_acc", math.nan),
+                         "test acc.": h.get("test_acc", math.nan), "accuracy on the N images": s["accuracy"],
+                         "loss on the N images": s["loss"], "mean max. softmax": s["mean_max_prob"]})
+        return pd.DataFrame(rows)
+
 
 def _key(profile: Profile, seed: int, epoch: int, kind: str, train_key: str, what: str) -> dict[str, Any]:
-    return {"experiment": "spectra", "version": 2, "what": what, "train": train_key, "epoch": int(epoch),
-            "kind": kind, "spectra": dataclasses.asdict(profile.spectra), "seed": int(seed)}
-
-
-def _iter_work(profile: Profile) -> Iterator[tuple[int, str]]:
-    for epoch in profile.spectra.checkpoints:
-        for kind in KINDS:
-            yield epoch, kind
+    # A checkpoint's results do not depend on which other checkpoints are analysed, nor on the dense panel's sizes.
+    sizes = {k: v for k, v in dataclasses.asdict(profile.spectra).items()
+             if k not in ("checkpoints", "dense_hidden", "dense_samples")}
+    return {"experiment": "spectra", "version": 3, "what": what, "train": train_key, "epoch": int(epoch),
+            "kind": kind, "bn_mode": BN_MODE, "spectra": sizes, "seed": int(seed)}
 
 
 def run_spectra(
@@ -322,126 +557,38 @@ def run_spectra(
 ) -> SpectraResult:
     """Train (or load) the profile's network, then compute every spectrum of the chapter, cached in ``store``."""
     profile = load_profile(profile, overrides)
+    sizes = profile.spectra
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     dev = resolve_device(device)
     run = train_experiment(profile, seed=seed, data_root=data_root, device=dev, store=store, quiet=not progress)
-    missing = [e for e in profile.spectra.checkpoints if e not in run.checkpoints]
+    missing = [e for e in sizes.checkpoints if e not in run.checkpoints]
     if missing:
         raise ValueError(f"spectra.checkpoints {missing} were not kept by the training run; "
                          f"available epochs: {sorted(run.checkpoints)}")
     x, y = spectra_dataset(profile, data_root, dev)
-    spectra, noise = {}, {}
-    for epoch, kind in _iter_work(profile):
+    spectra, noise, states = {}, {}, {}
+    for epoch in sizes.checkpoints:
         model = None
 
-        def model_now():
+        def model_now() -> nn.Module:
             nonlocal model
             if model is None:
                 model = run.model_at(epoch, device=dev)
             return model
 
-        spectra[(epoch, kind)] = store.cached(
-            _key(profile, seed, epoch, kind, run.key, "spectrum"),
-            lambda: spectrum_at(model_now(), x, y, kind, profile, seed=seed, progress=progress))
-        noise[(epoch, kind)] = store.cached(
-            _key(profile, seed, epoch, kind, run.key, "noise"),
-            lambda: per_sample_noise_scale(
-                model_now(), x, y, kind, samples=profile.spectra.noise_samples, probes=profile.spectra.noise_probes,
-                chunk_size=profile.spectra.chunk_size, seed=seed,
-                directions={"top": spectra[(epoch, kind)]["empirical_top_vector"],
-                            "bottom": spectra[(epoch, kind)]["empirical_bottom_vector"]}))
+        states[epoch] = store.cached(_key(profile, seed, epoch, "", run.key, "state"),
+                                     lambda: network_state(model_now(), x, y, sizes.chunk_size))
+        for kind in KINDS:
+            spectra[(epoch, kind)] = store.cached(
+                _key(profile, seed, epoch, kind, run.key, "spectrum"),
+                lambda: spectrum_at(model_now(), x, y, kind, sizes, seed=seed, progress=progress))
+            sp = spectra[(epoch, kind)]
+            noise[(epoch, kind)] = store.cached(
+                _key(profile, seed, epoch, kind, run.key, "noise"),
+                lambda: per_sample_noise_scale(
+                    model_now(), x, y, kind, samples=sizes.noise_samples, probes=sizes.noise_probes,
+                    chunk_size=sizes.chunk_size, seed=seed,
+                    directions={"top": sp["empirical_top_vector"], "bottom": sp["empirical_bottom_vector"]}))
     any_spectrum = next(iter(spectra.values()))
-    return SpectraResult(train=run, spectra=spectra, noise=noise, dim=int(any_spectrum["dim"]),
+    return SpectraResult(train=run, spectra=spectra, noise=noise, states=states, dim=int(any_spectrum["dim"]),
                          n_data=int(any_spectrum["dataset_size"]))
-
-
-def wigner_prediction(result: SpectraResult, epoch: int, end: str = "top") -> np.ndarray:
-    r"""Parameter-free prediction of the Hessian's extreme eigenvalue for each B of the grid [len(B)].
-
-    :math:`\lambda(B) = \theta + s(B)^2/\theta` above the BBP threshold, else :math:`\pm 2 s(B)`,
-    with :math:`\theta` the empirical extreme eigenvalue and :math:`s(B) = s_1\sqrt{1/B - 1/N}`
-    from the directly measured :math:`s_1` (:func:`per_sample_noise_scale`). Nothing is fitted.
-    """
-    from hessian_lib import rmt
-
-    sp = result.spectra[(epoch, "hessian")]
-    s1 = result.noise[(epoch, "hessian")]["s1"]
-    theta = sp["empirical_top"] if end == "top" else sp["empirical_bottom"]
-    s = s1 * np.sqrt(1.0 / sp["batch_sizes"] - 1.0 / result.n_data)
-    return np.asarray(rmt.wigner_outlier(theta, s), dtype=float)
-
-
-def directional_prediction(result: SpectraResult, epoch: int, end: str = "top", kind: str = "hessian") -> np.ndarray:
-    r"""Parameter-free prediction from the noise measured along the eigenvector itself [len(B)].
-
-    For :math:`H_B = \theta vv^\top + \dots + \varepsilon`, the eigenvalue attached to v solves
-    :math:`\lambda = \theta + v^\top\varepsilon v + v^\top\varepsilon P_\perp(\lambda - P_\perp H_B P_\perp)^{-1}P_\perp\varepsilon v`.
-    Averaging (:math:`\mathbb E\, v^\top\varepsilon v = 0`) and neglecting the bulk against
-    :math:`\lambda` gives :math:`\lambda = \theta + (1/B - 1/N)\, s_v^2/\lambda`, i.e.
-    :math:`\lambda(B) = \tfrac12\big(\theta + \operatorname{sign}\theta\sqrt{\theta^2 + 4(1/B - 1/N)s_v^2}\big)`,
-    with :math:`s_v^2` the ``s2_top`` / ``s2_bottom`` of :func:`per_sample_noise_scale`: the
-    variance that actually couples to the eigenvector (a field-dependent variance profile) in
-    place of the isotropic :math:`s_1^2`. For isotropic noise and small shifts it reduces to the
-    Wigner outlier :math:`\theta + s^2/\theta`. Nothing is fitted.
-    """
-    sp = result.spectra[(epoch, kind)]
-    s2 = result.noise[(epoch, kind)][f"s2_{end}"]
-    theta = sp["empirical_top"] if end == "top" else sp["empirical_bottom"]
-    x = 1.0 / sp["batch_sizes"] - 1.0 / result.n_data
-    return 0.5 * (theta + np.sign(theta) * np.sqrt(theta**2 + 4.0 * x * s2))
-
-
-def claim_checks(result: SpectraResult) -> pd.DataFrame:
-    """The numbers behind the verdicts on claims 1-3, one row per (checkpoint, matrix, end).
-
-    Columns: ``exceeds`` (fraction of batch sizes whose mean extreme eigenvalue is larger in
-    magnitude than the empirical one), ``spearman`` (rank correlation of the magnitude with B;
-    negative means it relaxes as B grows), the relative RMS residuals of the linear (1/B - 1/N)
-    and square-root fits, for the Hessian ``wigner_error``: the RMS relative error of the
-    parameter-free isotropic Wigner prediction (:func:`wigner_prediction`), and
-    ``directional_error``: that of :func:`directional_prediction`.
-    """
-    from scipy.stats import spearmanr
-
-    fits = result.fits()
-    rows = []
-    for _, row in fits.iterrows():
-        sp = result.spectra[(row["epoch"], row["matrix"])]
-        vals = sp["batch_top"] if row["end"] == "top" else sp["batch_bottom"]
-        mean = np.nanmean(vals, axis=1)
-        emp = row["empirical"]
-        exceeds = float(np.mean(np.abs(mean) > abs(emp)))
-        rho = float(spearmanr(sp["batch_sizes"], np.abs(mean)).statistic)
-        entry = {"epoch": row["epoch"], "matrix": row["matrix"], "end": row["end"], "empirical": emp,
-                 "smallest-B mean": float(mean[0]), "exceeds": exceeds, "spearman": rho,
-                 "linear rms": row["linear_rms"], "sqrt rms": row["sqrt_rms"]}
-        if row["matrix"] == "hessian":
-            pred = wigner_prediction(result, row["epoch"], row["end"])
-            entry["wigner_error"] = float(np.sqrt(np.mean(((mean - pred) / mean) ** 2)))
-        pred = directional_prediction(result, row["epoch"], row["end"], row["matrix"])
-        entry["directional_error"] = float(np.sqrt(np.mean(((mean - pred) / mean) ** 2)))
-        rows.append(entry)
-    return pd.DataFrame(rows)
-
-
-def verdict(checks: pd.DataFrame, matrix: str, *, exceed_min: float = 0.9, rho_max: float = -0.7,
-            pooled_min: float = 0.8, rho_partly: float = -0.5) -> str:
-    """'holds', 'partly' or 'does not hold' for the batch-vs-empirical claim on one matrix.
-
-    Holds: on every checkpoint and end, at least ``exceed_min`` of the batch sizes exceed the
-    empirical magnitude, the magnitude falls with B (Spearman <= ``rho_max``) and the linear
-    (1/B - 1/N) form fits at least as well as the square-root form. Partly: over all checkpoints
-    and ends together at least ``pooled_min`` of the batch sizes exceed the empirical magnitude and
-    every Spearman correlation is at most ``rho_partly`` (the ordering holds with exceptions, or
-    the functional form differs). Otherwise it does not hold.
-    """
-    rows = checks[checks["matrix"] == matrix]
-    if rows.empty:
-        return "not measured"
-    ordered = bool(((rows["exceeds"] >= exceed_min) & (rows["spearman"] <= rho_max)).all())
-    linear = bool((rows["linear rms"] <= rows["sqrt rms"]).all())
-    if ordered and linear:
-        return "holds"
-    if rows["exceeds"].mean() >= pooled_min and bool((rows["spearman"] <= rho_partly).all()):
-        return "partly"
-    return "does not hold"

@@ -6,7 +6,7 @@ variance :math:`\sigma^2 (1/B - 1/N)`, so in Wigner units
 :math:`s_1 = \sqrt{P}\,\sigma` is the noise scale of a single sample. Every
 function is a pure function of its arguments and seed; tables come back as
 :class:`pandas.DataFrame`. Dense eigensolves run with one BLAS thread
-(:func:`hessian_lib.rmt.limit_blas_threads`): at these sizes threads gain little
+(:func:`hessian_lib.blas.limit_blas_threads`): at these sizes threads gain little
 and, on shared cores, can cost an order of magnitude.
 """
 
@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.linalg
 
 from hessian_lib import rmt, verdicts
+from hessian_lib.blas import limit_blas_threads
 
 __all__ = [
     "child_seed",
@@ -29,6 +30,7 @@ __all__ = [
     "mp_outlier_table",
     "wigner_spectrum",
     "wishart_spectrum",
+    "explorer_sample",
 ]
 
 
@@ -61,7 +63,7 @@ def _wigner_extremes_row(dim: int, spikes: Sequence[float], s: float, repeats: i
     }
 
 
-@rmt.limit_blas_threads(1)
+@limit_blas_threads(1)
 def wigner_outlier_table(
     dim: int,
     batch_sizes: Sequence[int],
@@ -90,7 +92,7 @@ def wigner_outlier_table(
     return table
 
 
-@rmt.limit_blas_threads(1)
+@limit_blas_threads(1)
 def bbp_sweep(
     dim: int,
     ratios: Sequence[float],
@@ -117,7 +119,7 @@ def bbp_sweep(
     return pd.DataFrame(rows)
 
 
-@rmt.limit_blas_threads(1)
+@limit_blas_threads(1)
 def mp_outlier_table(
     dim: int,
     batch_sizes: Sequence[int],
@@ -153,16 +155,40 @@ def mp_outlier_table(
     return table
 
 
-@rmt.limit_blas_threads(1)
+@limit_blas_threads(1)
 def wigner_spectrum(dim: int, theta: float, s: float, *, seed: int) -> np.ndarray:
     """All eigenvalues [P] (ascending) of a spiked Wigner sample with one spike ``theta``."""
     return np.linalg.eigvalsh(rmt.sample_spiked_wigner(dim, [theta], s, seed=seed))
 
 
-@rmt.limit_blas_threads(1)
+@limit_blas_threads(1)
 def wishart_spectrum(dim: int, batch_size: int, spike: float, sigma2: float, *, seed: int) -> np.ndarray:
     """All eigenvalues [P] (ascending) of a spiked sample covariance (1/B) X^T X."""
     return np.linalg.eigvalsh(rmt.sample_spiked_wishart(dim, batch_size, spike, sigma2, seed=seed))
+
+
+def explorer_sample(batch_size: int, theta: float, dim: int, s1: float, *, n_data: int, seed: int = 0) -> dict:
+    r"""The matrices of one frame of the Theory chapter's explorer, sampled and diagonalised.
+
+    Wigner (Hessian-like): :math:`\theta e_1 e_1^\top + W_{s(B)}` with :math:`s(B) = s_1\sqrt{1/B - 1/N}`.
+    Wishart (GGN-like): a spiked sample covariance of B samples in dimension P with bulk variance
+    :math:`\sigma^2 = (s_1/4)^2` and spike :math:`\ell = 1 + 4\theta`. Returns the eigenvalues
+    (``wigner_eigenvalues`` [P], ``wishart_eigenvalues`` [P], ascending), the predicted tops, and
+    the parameters (``theta``, ``s``, ``q`` = P/B, ``sigma2``, ``spike``, ``batch_size``, ``dim``,
+    ``s1``) that :func:`hessian_lib.plots.rmt_explorer_frame` draws.
+    """
+    s = float(rmt.noise_scale(dim, s1**2 / dim, batch_size, n_data))
+    sigma2, ell = (s1 / 4.0) ** 2, 1.0 + 4.0 * theta
+    q = dim / batch_size
+    return {
+        "batch_size": int(batch_size), "dim": int(dim), "s1": float(s1), "theta": float(theta), "s": s,
+        "q": q, "sigma2": sigma2, "spike": ell,
+        "wigner_eigenvalues": wigner_spectrum(dim, theta, s, seed=child_seed(seed, dim, batch_size, int(theta * 100),
+                                                                             int(s1 * 100))),
+        "wigner_predicted_top": float(rmt.wigner_outlier(theta, s)),
+        "wishart_eigenvalues": wishart_spectrum(dim, batch_size, ell, sigma2, seed=child_seed(seed, dim, batch_size, 7)),
+        "wishart_predicted_top": float(rmt.mp_spiked_top(ell, q, sigma2)),
+    }
 
 
 def claim2_checks(wigner: pd.DataFrame, bbp: pd.DataFrame, mp: pd.DataFrame) -> pd.DataFrame:

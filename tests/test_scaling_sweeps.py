@@ -1,0 +1,452 @@
+"""Scaling experiments: bisection against known thresholds, bracket fits and their intervals, the gradient
+noise scale against closed forms, resumable sweeps, and the claim 4 / 5 rules at their boundaries."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hessian_lib import scaling as laws
+from hessian_lib.curvature.noise import gradient_noise_scale, per_sample_gradients
+from hessian_lib.experiments import scaling as S
+from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
+from hessian_lib.store import ResultsStore
+from hessian_lib.verdicts import (CLAIM4_ALTERNATIVE, CLAIM4_SLOPE, CLAIM5_ALTERNATIVE, CLAIM5_SLOPE, DOES_NOT_HOLD,
+                                  HOLDS, PARITY_POINTS, PARTLY, claim4_conditions, claim4_verdict, claim5_verdict,
+                                  parity_holds)
+
+RATIO = 2 ** 0.25  # the final bracket the chapter asks for
+RUNG = 8           # ladder factor 4 = RATIO ** 8, three bisections
+
+
+# ----------------------------------------------------------------------------- a quadratic with a known threshold
+
+
+def quadratic_trial(eigenvalues: torch.Tensor, lr: float, *, momentum: float = 0.0, steps: int = 400,
+                    factor: float = 2.0, seed: int = 0) -> bool:
+    """Whether PyTorch's SGD (heavy ball for momentum > 0) diverges on 0.5 w^T diag(eigenvalues) w within ``steps``:
+    a non-finite loss or one above ``factor`` times the starting loss, the chapter's rule.
+
+    As in a trained network, the top eigendirection carries a small share (0.1%) of the starting loss: heavy ball
+    amplifies it transiently (up to about 20x in amplitude just below its limit), which must not count as divergence.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(eigenvalues.numel(), generator=gen, dtype=torch.float64)
+    bulk = 0.5 * float((eigenvalues[1:] * w0[1:] ** 2).sum())
+    w0[0] = math.sqrt(2 * 1e-3 * bulk / float(eigenvalues[0]))
+    w = nn.Parameter(w0)
+    opt = torch.optim.SGD([w], lr=lr, momentum=momentum)
+    start = None
+    for _ in range(steps):
+        loss = 0.5 * (eigenvalues * w * w).sum()
+        value = loss.item()
+        start = value if start is None else start
+        if not math.isfinite(value) or value > factor * start:
+            return True
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return False
+
+
+def _spectrum(lambda_max: float, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    rest = torch.rand(15, generator=gen, dtype=torch.float64) * 0.2 * lambda_max
+    return torch.cat([torch.tensor([lambda_max], dtype=torch.float64), rest])
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("offset", [0.1, 0.5, 0.9])
+def test_bisection_finds_the_stability_limit_of_a_quadratic(momentum, offset):
+    """SGD diverges exactly above 2/lambda_max, heavy ball above 2(1 + beta)/lambda_max: the final bracket holds it."""
+    start = 0.01
+    threshold = start * RATIO ** (5 + offset)  # the limit sits at a known place inside a lattice cell
+    lambda_max = 2 * (1 + momentum) / threshold
+    eig = _spectrum(lambda_max)
+    lattice = S.LrLattice(start=start, ratio=RATIO, rung=RUNG)
+    found = S.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j), momentum=momentum), start=0, rung=RUNG)
+    assert found.upper == found.lower + 1
+    assert lattice.lr(found.lower) < threshold < lattice.lr(found.upper)
+    assert len(found.tried) == len({j for j, _ in found.tried})  # no trial twice
+
+
+def test_bisection_ladders_down_and_reports_a_missing_end():
+    lattice = S.LrLattice(start=1.0, ratio=RATIO, rung=RUNG)
+    eig = _spectrum(2 / 0.02)  # threshold 0.02, far below the start
+    found = S.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j)), start=0, rung=RUNG, max_ladder_steps=8)
+    assert lattice.lr(found.lower) < 0.02 < lattice.lr(found.upper)
+    never = S.bisect_max_lr(lambda j: False, start=0, rung=RUNG, max_ladder_steps=3)
+    assert never.upper is None and never.lower == 3 * RUNG and len(never.tried) == 4
+    with pytest.raises(ValueError, match="power of two"):
+        S.bisect_max_lr(lambda j: False, rung=6)
+
+
+def test_sweep_over_batch_sizes_brackets_each_threshold():
+    """A synthetic lr_max(B) = 2 / (lambda_1 + k/B): every bracket holds it, whatever the warm start."""
+    lattice = S.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
+    truth = {b: 2 / (5.0 + 400.0 / b) for b in (8, 16, 32, 64, 128, 256)}
+    brackets = S.lr_sweep(lambda b, j: {"diverged": lattice.lr(j) > truth[b]}, list(truth), lattice)
+    for br in brackets:
+        assert br.bracketed and br.lower < truth[br.batch_size] < br.upper
+        assert br.upper / br.lower == pytest.approx(RATIO)
+        assert [t["lr"] for t in br.trials] == [lattice.lr(t["index"]) for t in br.trials]
+
+
+class _Interrupted(RuntimeError):
+    pass
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path):
+    lattice = S.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
+    eigen = {b: _spectrum(5.0 + 400.0 / b, seed=b) for b in (8, 32, 128)}
+    calls = []
+
+    def make_trial(store, fail_after=None):
+        def run(b, j):
+            def compute():
+                if fail_after is not None and len(calls) >= fail_after:
+                    raise _Interrupted
+                calls.append((b, j))
+                return {"diverged": quadratic_trial(eigen[b], lattice.lr(j), seed=b), "losses": np.arange(3.0)}
+            return store.cached({"b": b, "j": j}, compute)
+        return run
+
+    whole = S.lr_sweep(make_trial(ResultsStore(tmp_path / "a")), list(eigen), lattice)
+    n_whole = len(calls)
+    calls.clear()
+    store = ResultsStore(tmp_path / "b")
+    with pytest.raises(_Interrupted):
+        S.lr_sweep(make_trial(store, fail_after=n_whole // 2), list(eigen), lattice)
+    assert len(calls) == n_whole // 2
+    resumed = S.lr_sweep(make_trial(store), list(eigen), lattice)
+    assert len(calls) == n_whole  # the finished trials were loaded, not run again
+    assert [(b.batch_size, b.lower, b.upper) for b in resumed] == [(b.batch_size, b.lower, b.upper) for b in whole]
+    assert [[t["index"] for t in b.trials] for b in resumed] == [[t["index"] for t in b.trials] for b in whole]
+
+
+# ----------------------------------------------------------------------------- fits to brackets
+
+
+def _brackets_around(truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Final brackets of factor RATIO with the true value uniformly (in log) inside each."""
+    lower = truth * RATIO ** (-rng.random(truth.shape))
+    return lower, lower * RATIO
+
+
+def test_slope_interval_covers_the_true_slope():
+    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
+    covered, widths = 0, []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        slope = rng.uniform(0.3, 1.2)
+        lower, upper = _brackets_around(0.01 * b**slope, rng)
+        interval = laws.bootstrap_slope(b[:3], lower[:3], upper[:3], n_boot=2000, seed=seed)
+        covered += interval.contains(slope)
+        widths.append(interval.high - interval.low)
+    assert covered >= 90
+    assert np.median(widths) < 0.35  # narrow enough to tell a slope of 1 from one of 0.5
+
+
+def test_slope_interval_over_seeds_covers_the_true_slope():
+    """With several sweeps, the seeds are resampled too, so per-sweep noise beyond the bracket is covered."""
+    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
+    covered = 0
+    for seed in range(100):
+        rng = np.random.default_rng(1000 + seed)
+        truth = 0.01 * b**0.5 * np.exp(0.15 * rng.standard_normal((10, b.size)))
+        lower, upper = _brackets_around(truth, rng)
+        covered += laws.bootstrap_slope(b, lower, upper, n_boot=2000, seed=seed).contains(0.5)
+    assert covered >= 90
+
+
+def test_saturating_fit_recovers_the_critical_batch_size():
+    b = np.array([8, 16, 32, 64, 128, 256, 512], dtype=float)
+    lower, upper = _brackets_around(0.4 / (1 + 60.0 / b), np.random.default_rng(3))
+    fit = laws.fit_saturating_brackets(b, lower, upper, n_boot=1000)
+    assert fit["critical_batch"].contains(60.0) and fit["lr_inf"].contains(0.4)
+    assert fit["passes"].all() and not fit["b_star_at_bound"]
+    assert fit["critical_batch"].high / fit["critical_batch"].low < 3
+    low, high = fit["consistent_critical_batch"]
+    assert low <= 60.0 <= high
+    assert np.all((lower <= fit["through"] * (1 + 1e-9)) & (fit["through"] <= upper * (1 + 1e-9)))
+
+
+def test_saturating_fit_flags_data_without_saturation():
+    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
+    lower, upper = _brackets_around(1e-3 * b, np.random.default_rng(4))
+    fit = laws.fit_saturating_brackets(b, lower, upper, n_boot=500)
+    assert fit["b_star_at_bound"] and fit["passes"].all()
+    bent = laws.fit_saturating_brackets(b, lower * [1, 1, 1, 1, 1, 3], upper * [1, 1, 1, 1, 1, 3], n_boot=200)
+    assert not bent["passes"].all() and math.isnan(bent["consistent_critical_batch"][0])
+
+
+def test_square_root_law_fit():
+    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
+    lower, upper = _brackets_around(3e-4 * np.sqrt(b), np.random.default_rng(5))
+    fit = laws.fit_power_brackets(b, lower, upper, 0.5, n_boot=1000)
+    assert fit["coefficient"].contains(3e-4) and fit["passes"].all()
+    assert not laws.fit_power_brackets(b, lower, upper, 1.0, n_boot=100)["passes"].all()
+
+
+@pytest.mark.parametrize("bad", [dict(lower=[1, 2, np.nan], upper=[2, 3, 4]), dict(lower=[1, 2, 3], upper=[2, 3, 3])])
+def test_bracket_fits_refuse_bad_brackets(bad):
+    with pytest.raises(ValueError, match="bracket"):
+        laws.bootstrap_slope([1, 2, 4], **bad)
+
+
+# ----------------------------------------------------------------------------- the gradient noise scale
+
+
+def _regression(n: int, d: int, sigma: float, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w_star = torch.randn(d, generator=gen, dtype=torch.float64)
+    y = x @ w_star + sigma * torch.randn(n, generator=gen, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_((w_star + 0.3 * torch.randn(d, generator=gen, dtype=torch.float64))[None])
+    return model, x, y, model.weight.detach()[0] - w_star
+
+
+def _squared_error(out, target):
+    return 0.5 * ((out.squeeze(-1) - target) ** 2).mean()
+
+
+def test_noise_scale_matches_the_sample_formula_exactly():
+    model, x, y, _ = _regression(300, 6, 0.5, seed=0)
+    r = gradient_noise_scale(model, _squared_error, x, y, chunk_size=37, groups=5)
+    g = ((x @ model.weight.detach()[0] - y)[:, None] * x).numpy()  # per-sample gradients in closed form
+    mean = g.mean(0)
+    trace = ((g - mean) ** 2).sum() / (len(g) - 1)
+    signal = mean @ mean - trace / len(g)
+    assert r.trace_sigma == pytest.approx(trace, rel=1e-10)
+    assert r.grad_norm_sq == pytest.approx(signal, rel=1e-10)
+    assert r.b_simple == pytest.approx(trace / signal, rel=1e-10)
+    assert r.num_samples == 300 and np.isfinite(r.stderr) and r.stderr > 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_noise_scale_of_linear_regression_against_its_closed_form(seed):
+    """x ~ N(0, I_d), y = w*.x + N(0, sigma^2), at w = w* + delta: tr Sigma = (d + 1)|delta|^2 + d sigma^2, |G|^2 = |delta|^2."""
+    d, sigma = 8, 0.7
+    model, x, y, delta = _regression(20_000, d, sigma, seed=seed)
+    r = gradient_noise_scale(model, _squared_error, x, y, chunk_size=4_000)
+    norm2 = float(delta @ delta)
+    expected = ((d + 1) * norm2 + d * sigma**2) / norm2
+    assert abs(r.b_simple - expected) < 4 * r.stderr
+    assert r.stderr < 0.05 * expected
+
+
+def test_per_sample_gradients_of_a_batchnorm_network_match_one_sample_at_a_time():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)
+    got = torch.cat(list(per_sample_gradients(net, loss, x, y, chunk_size=4)))
+    for i in range(6):
+        net.zero_grad()
+        loss(net(x[i:i + 1]), y[i:i + 1]).backward()
+        expected = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        torch.testing.assert_close(got[i], expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- real trials on a small network
+
+
+class _Images:
+    def __init__(self, n: int, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+        self.labels = torch.randint(0, 10, (n,), generator=gen)
+
+
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32, 10))
+
+
+def test_divergence_trial_records_the_loss_curve_and_the_divergence():
+    sizes = load_profile("smoke").scaling
+    recipe = TrainSizes(model="fastcnn", augment=False, channels_last=False, label_smoothing=0.0)
+    data = _Images(64)
+
+    def trial(lr):
+        r = S.trial_recipe(recipe, sizes, "sgd", batch_size=8, lr=lr, steps=6, n_train=64)
+        return S.divergence_trial(_small_net(), data, r, steps=6, seed=0, threshold=1.5 * math.log(10), window=2)
+
+    calm = trial(1e-4)
+    assert not calm["diverged"] and calm["steps"] == 6 and calm["losses"].shape == (6,) and calm["diverged_step"] == -1
+    wild = trial(1e4)
+    assert wild["diverged"] and 0 <= wild["diverged_step"] < 6
+    assert wild["losses"].shape == (wild["diverged_step"] + 1,)
+    np.testing.assert_array_equal(trial(1e-4)["losses"], calm["losses"])  # deterministic given its seed
+
+
+class _ScriptedFit:
+    """Stands in for ``fit``: feeds a scripted loss sequence to the step hook, with fit's own per-loss stop."""
+
+    def __init__(self, losses):
+        self.losses = losses
+
+    def __call__(self, model, train, recipe, *, on_step, max_steps, **kwargs):
+        from hessian_lib.train import FitResult, StepInfo
+
+        for step, loss in enumerate(self.losses[:max_steps]):
+            if not math.isfinite(loss) or loss > recipe.divergence_loss:
+                return FitResult(diverged=True, diverged_step=step, diverged_loss=loss, steps=step)
+            on_step(StepInfo(step=step, epoch=1, loss=loss, lr=recipe.lr))
+        return FitResult(steps=min(len(self.losses), max_steps))
+
+
+@pytest.mark.parametrize("losses, frozen, expected_step, expected_loss", [
+    ([1, 1, 1, 1, 1, 1], 0, -1, None),                 # never above
+    ([1, 1, 1, 4.1, 1, 1], 0, 3, 2.0333333333333),     # the window 1, 1, 4.1 averages 2.03 > 2
+    ([1, 1, 1, 3.9, 1, 1], 0, -1, None),               # a spike that windows absorb (means at most 1.97)
+    ([5, 5, 1, 1, 1, 1, 1], 2, -1, None),              # frozen steps do not count
+    ([1, 1, 6.5, 1, 1, 1], 0, 2, 6.5),                 # above window x threshold: stopped at once
+    ([1, float("nan"), 1, 1, 1, 1], 0, 1, None),       # non-finite
+])
+def test_divergence_is_a_windowed_mean_above_the_threshold(monkeypatch, losses, frozen, expected_step, expected_loss):
+    monkeypatch.setattr(S, "fit", _ScriptedFit(losses))
+    record = S.divergence_trial(nn.Linear(1, 1), None, TrainSizes(lr=0.1), steps=len(losses) - frozen, seed=0,
+                                threshold=2.0, window=3, frozen_steps=frozen)
+    assert record["diverged"] == (expected_step >= 0) and record["diverged_step"] == expected_step
+    if expected_loss is not None:
+        assert record["diverged_loss"] == pytest.approx(expected_loss)
+    with pytest.raises(ValueError, match="window"):
+        S.divergence_trial(nn.Linear(1, 1), None, TrainSizes(), steps=2, seed=0, threshold=2.0, window=3)
+
+
+def test_frozen_steps_fill_adam_without_moving_the_weights():
+    sizes = load_profile("smoke").scaling
+    recipe = S.trial_recipe(TrainSizes(model="fastcnn", augment=True, channels_last=False), sizes, "adam",
+                            batch_size=8, lr=10.0, steps=5, n_train=64)
+    assert (recipe.optimizer, recipe.schedule, recipe.epochs, recipe.augment) == ("adam", "constant", 1, False)
+    frozen = S.divergence_trial(_small_net(), _Images(64), recipe, steps=1, frozen_steps=4, seed=0, threshold=1e9)
+    assert frozen["frozen_steps"] == 4 and frozen["steps"] == 1
+    assert np.ptp(frozen["losses"][:4]) < 1.0  # the weights did not move during the frozen steps
+
+
+def test_trial_recipe_sets_the_optimizers():
+    sizes = load_profile("cpu").scaling
+    base = TrainSizes(nesterov=True, momentum=0.5, schedule="linear", warmup_epochs=1.0)
+    r = S.trial_recipe(base, sizes, "momentum", batch_size=32, lr=0.1, steps=100, n_train=1000)
+    assert (r.optimizer, r.momentum, r.nesterov, r.schedule, r.warmup_epochs) == ("sgd", sizes.momentum, False,
+                                                                                     "constant", 0.0)
+    assert r.epochs == 4
+    assert S.trial_recipe(base, sizes, "sgd", batch_size=32, lr=0.1, steps=5, n_train=1000).momentum == 0.0
+    with pytest.raises(ValueError, match="larger than"):
+        S.trial_recipe(base, sizes, "sgd", batch_size=2000, lr=0.1, steps=5, n_train=1000)
+
+
+# ----------------------------------------------------------------------------- the profile section
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"scaling.batch_sizes": "8,16,100000"}, "scaling.batch_sizes"),
+    ({"scaling.bisections": 2}, "scaling.ladder_factor"),
+    ({"scaling.checkpoint": 99}, "scaling.checkpoint"),
+    ({"scaling.parity_batch": 12}, "scaling.parity_batch"),
+    ({"scaling.parity_seeds": 1}, "scaling.parity_seeds"),
+    ({"scaling.batch_sizes": "16,8,32"}, "scaling.batch_sizes"),
+    ({"scaling.divergence_factor": 1.0}, "scaling.divergence_factor"),
+    ({"scaling.loss_window": 50}, "scaling.loss_window"),
+])
+def test_bad_scaling_sizes_name_the_key(overrides, key):
+    with pytest.raises(ProfileError, match=key.replace(".", r"\.")):
+        load_profile("cpu", overrides)
+
+
+def test_cpu_profile_has_the_grid_the_chapter_needs():
+    sizes = load_profile("cpu").scaling
+    assert len(sizes.batch_sizes) >= 6 and sizes.final_bracket() <= RATIO + 1e-12 and sizes.parity_seeds >= 2
+
+
+# ----------------------------------------------------------------------------- the verdict rules at their boundaries
+
+
+EPS = 1e-9
+
+
+@pytest.mark.parametrize("small, grid, passes, expected", [
+    ((CLAIM4_ALTERNATIVE + EPS, CLAIM4_SLOPE), (0.1, 1.0), True, HOLDS),          # 1 on the upper end: contained
+    ((CLAIM4_ALTERNATIVE, CLAIM4_SLOPE + 0.2), (0.1, 1.0), True, PARTLY),        # 0.5 on the lower end: not excluded
+    ((CLAIM4_SLOPE + EPS, 2.0), (0.1, 1.0), True, PARTLY),                       # 1 just outside
+    ((0.8, 1.2), (0.1, 1.0), False, PARTLY),                                     # the saturating law misses a bracket
+    ((0.8, 1.2), (0.0, 1.0), False, DOES_NOT_HOLD),                              # no growth: 0 not excluded
+    ((0.8, 1.2), (EPS, 1.0), False, PARTLY),
+    ((0.2, 0.4), (EPS, 1.0), False, DOES_NOT_HOLD),                              # both fail
+    ((0.8, 1.2), (-0.5, -0.1), True, HOLDS),                                     # holds needs no growth test
+])
+def test_claim4_rule(small, grid, passes, expected):
+    assert claim4_verdict(small, grid, passes) == expected
+    assert claim4_verdict(laws.Interval(0.0, *small), laws.Interval(0.0, *grid), passes) == expected
+
+
+def test_claim4_conditions_name_what_failed():
+    assert claim4_conditions((0.2, 0.4), (0.1, 0.2), True) == {"linear": False, "saturating": True, "grows": True}
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ((CLAIM5_SLOPE, CLAIM5_ALTERNATIVE - EPS), HOLDS),
+    ((0.2, CLAIM5_SLOPE), HOLDS),
+    ((0.3, CLAIM5_ALTERNATIVE), PARTLY),            # 1 on the upper end: not excluded
+    ((CLAIM5_SLOPE + EPS, 0.9), PARTLY),            # 0.5 just outside, still growing
+    ((0.0, 0.4), DOES_NOT_HOLD),                    # 0.5 outside and 0 not excluded
+    ((-0.3, -0.1), DOES_NOT_HOLD),
+    ((math.nan, math.nan), DOES_NOT_HOLD),
+])
+def test_claim5_rule(grid, expected):
+    assert claim5_verdict(grid) == expected
+
+
+@pytest.mark.parametrize("base, scaled, control, expected", [
+    (50.0, [50.0 + PARITY_POINTS, 50.0 - PARITY_POINTS], 50.0 - PARITY_POINTS - EPS, True),
+    (50.0, [50.0 + PARITY_POINTS + 1e-6, 50.0], 40.0, False),        # a scaled run too far (above counts too)
+    (50.0, [49.0, 48.5], 50.0 - PARITY_POINTS, False),               # control exactly 2 points below: not more than 2
+    (50.0, [49.0, math.nan], 40.0, False),                           # a diverged scaled run
+    (50.0, [49.0, 49.5], math.nan, True),                            # a diverged control is far below
+])
+def test_parity_rule(base, scaled, control, expected):
+    assert parity_holds(base, scaled, control) is expected
+
+
+# ----------------------------------------------------------------------------- the whole chapter's experiments, smoke-sized
+
+
+@pytest.mark.slow
+def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypatch):
+    store = tmp_path / "results"
+    first = S.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
+    sizes = first.profile.scaling
+    for optimizer in S.OPTIMIZERS:
+        (sweep,) = first.sweeps[optimizer]
+        assert [br.batch_size for br in sweep] == list(sizes.batch_sizes)
+        for br in sweep:
+            assert all(t["batch_size"] == br.batch_size for t in br.trials)
+            if br.bracketed:
+                assert br.upper / br.lower == pytest.approx(sizes.final_bracket())
+                assert not next(t for t in br.trials if t["lr"] == br.lower)["diverged"]
+                assert next(t for t in br.trials if t["lr"] == br.upper)["diverged"]
+    assert len(first.prediction) == len(sizes.batch_sizes) * sizes.curvature_draws
+    assert len(first.parity) == 8 * sizes.parity_seeds and first.noise["num_samples"] == sizes.noise_samples
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stored result was computed again")
+
+    monkeypatch.setattr(S, "divergence_trial", refuse)
+    monkeypatch.setattr(S, "fit", refuse)
+    monkeypatch.setattr(S, "curvature_prediction", refuse)
+    again = S.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
+    for optimizer in S.OPTIMIZERS:
+        assert again.brackets(optimizer).equals(first.brackets(optimizer))
+    assert again.parity.equals(first.parity) and again.noise == first.noise
