@@ -204,6 +204,7 @@ def test_auto_runs_a_trial_then_keeps_the_faster_and_remembers(kind, eager_switc
 
 
 def test_auto_starts_on_the_graph_and_small_problems_stay_there():
+    ops.forget_linearizations()  # the trace-time estimate from its default, not from earlier tests
     model = _mlp()
     x, y = _data("mlp")
     op = HessianOperator(model, LOSS, (x, y))
