@@ -1110,14 +1110,15 @@ class CurvatureOperator:
             self._cache_sizes.pop(j, None)
         self._no_cache.clear()
         clock = _clock(self.device)
+        kept_graph = keep and i in self._cache and self._cache[i][0] == "graph"
         t0 = clock()
-        if i in self._cache and self._cache[i][0] == "graph":
-            g_state, g_build = self._cache[i][1], 0.0
-        else:
-            g_state = self._build_state("graph", x, y, measure=False)[0]
-            g_build = clock() - t0
-        kept_graph = keep and i in self._cache
-        candidates, failures = [], []
+        g_state = self._cache[i][1] if kept_graph else self._build_state("graph", x, y, measure=False)[0]
+        g_build = 0.0 if kept_graph else clock() - t0
+        t = clock()
+        g_res = self._apply_state("graph", g_state, vs, keep, False)  # not kept: this frees the graph
+        g_prod = min(clock() - t, k * self._graph_product_seconds.get(i, math.inf)) / k  # with earlier products
+        del g_state
+        candidates, failures, fastest = [], [], g_prod
         for cl in layouts:
             try:
                 start = time.perf_counter()
@@ -1131,20 +1132,22 @@ class CurvatureOperator:
             build = clock() - t1
             t = clock()
             res = self._apply_state("linearize", state, vs, True, False)
+            product = (clock() - t) / k
+            if product < 1.2 * fastest and fastest < 1.2 * product:  # close: one more look
+                t = clock()
+                res = self._apply_state("linearize", state, vs, True, False)
+                product = min(product, (clock() - t) / k)
+            if not keep or product >= fastest:  # hold at most one candidate's state
+                state = None
+            else:
+                for c in candidates:
+                    c["state"] = None
+            fastest = min(fastest, product)
             candidates.append({"cl": cl, "state": state, "bytes": nbytes, "res": res, "trace": trace,
-                               "build": build, "product": (clock() - t) / k})
-        t = clock()
-        g_res = self._apply_state("graph", g_state, vs, keep, False)
-        g_prod = min(clock() - t, k * self._graph_product_seconds.get(i, math.inf)) / k  # with earlier products
+                               "build": build, "product": product})
         if not candidates:
             self._adopt("graph", False, f"cannot linearise: {', '.join(sorted(set(failures)))}")
             return g_res
-        times = [g_prod, *(c["product"] for c in candidates)]
-        if len(times) > 1 and sorted(times)[1] < 1.2 * min(times):  # close: one more look at the newcomers
-            for c in candidates:
-                t = clock()
-                c["res"] = self._apply_state("linearize", c["state"], vs, True, False)
-                c["product"] = min(c["product"], (clock() - t) / k)
         scale = max(max(float(r.norm()) for r in g_res), torch.finfo(self.dtype).tiny)
         tol = max(1e4 * torch.finfo(self.dtype).eps, 1e-10)
         timings = {"graph_build": g_build, "graph_product": g_prod, "trace": 0.0, "relative_difference": 0.0}
@@ -1164,7 +1167,7 @@ class CurvatureOperator:
                     stacklevel=4,
                 )
                 continue
-            c["fits"] = keep and self.cache_nbytes - old + c["bytes"] <= self.cache_bytes
+            c["fits"] = c["state"] is not None and self.cache_nbytes - old + c["bytes"] <= self.cache_bytes
             cost = c["product"] if kept_graph and c["fits"] else c["product"] + c["build"] / k
             if cost < best[2]:
                 best = ("linearize", c["cl"], cost, c)
