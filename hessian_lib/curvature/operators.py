@@ -960,13 +960,22 @@ class CurvatureOperator:
                 _TRACE_RATE[type(self).__name__] = lin.trace_seconds / self._graph_nodes
         return lin
 
+    def _layouts(self, x: Any) -> list[bool]:
+        """The layouts the trial tries: channels-last too when the inputs are images."""
+        images = isinstance(x, Tensor) and x.dim() == 4 and any(p.dim() == 4 for p in self.params)
+        return [self._cl] if self._cl_fixed or not images else [False, True]
+
     def _trace_estimate(self, x: Any, y: Tensor) -> float:
-        """Seconds a trace for this batch would take (0 when the process has it)."""
-        if isinstance(x, Tensor) and self._recall(("trace", self._cl, *self._memo_key(x, y))) is not None:
+        """Seconds the trial's traces for this batch would take (0 for those the process has)."""
+        if not isinstance(x, Tensor):
+            return 0.0
+        key = self._memo_key(x, y)
+        missing = sum(self._recall(("trace", cl, *key)) is None for cl in self._layouts(x))
+        if not missing:
             return 0.0
         rate = _TRACE_RATE.get(type(self).__name__, _TRACE_RATE_GUESS)
         first = 0.0 if "torch._dynamo" in sys.modules else _FIRST_TRACE_SECONDS
-        return first + rate * max(self._graph_nodes, 1)
+        return first + missing * rate * max(self._graph_nodes, 1)
 
     # ------------------------------------------------------------------ per-batch state
     def _versions(self) -> tuple[int, ...]:
@@ -1102,8 +1111,7 @@ class CurvatureOperator:
         """Batch ``i``'s products on every path, timed; keep the fastest (see ``path="auto"``)."""
         x, y = self._to_device(batch)
         k = len(vs)
-        images = isinstance(x, Tensor) and x.dim() == 4 and any(p.dim() == 4 for p in self.params)
-        layouts = [self._cl] if self._cl_fixed or not images else [False, True]
+        layouts = self._layouts(x)
         keep = self.cache_bytes > 0 and i not in self._no_cache
         for j in [j for j in self._cache if j != i]:  # room for the trial: at most one batch held twice
             del self._cache[j]
