@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from hessian_lib.experiments.scaling import OPTIMIZER_LABELS, PARITY_ARMS, Bracket, ScalingResult
 from hessian_lib.plots import COLORS
@@ -22,6 +22,12 @@ from hessian_lib.plots import COLORS
 __all__ = ["trial_curves", "lr_max_panel", "lr_max_figure", "ratio_figure", "parity_figure", "sweep_frame"]
 
 STABLE, DIVERGED = COLORS["batch"], COLORS["empirical"]
+
+
+def _plain_log_ticks(ax: Axes) -> None:
+    """Tick labels of a log y axis as plain numbers (0.05, 0.1, 0.2), minor ones only at 2 and 5 times a decade."""
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
 def trial_curves(ax: Axes, bracket: Bracket, threshold: float, window: int = 1) -> None:
@@ -51,7 +57,7 @@ def trial_curves(ax: Axes, bracket: Bracket, threshold: float, window: int = 1) 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step at the trial's learning rate")
     ax.set_ylabel("training loss")
-    ax.set_ylim(bottom=0, top=top * 1.02)
+    ax.set_ylim(bottom=0.4 * threshold, top=top * 1.02)
     lower = f"{bracket.lower:.3g}" if np.isfinite(bracket.lower) else "none"
     upper = f"{bracket.upper:.3g}" if np.isfinite(bracket.upper) else "none"
     ax.set_title(f"B = {bracket.batch_size}: {len(trials)} trials, bracket [{lower}, {upper}]", fontsize=9.5)
@@ -102,8 +108,9 @@ def lr_max_panel(ax: Axes, result: ScalingResult, optimizer: str, fits: Mapping[
                               label=f"closest law to every bracket ({int(np.sum(sat['passes']))}/{b.size} inside)"))
     if b.size:
         x0, y0 = b[0], float(np.sqrt(fits["lower"][:, 0] * fits["upper"][:, 0]).mean())
+        span = np.geomspace(b_all.min(), b_all.max(), 50)
         for slope, style in ((1.0, ":"), (0.5, "-.")):
-            ax.plot(dense, y0 * (dense / x0) ** slope, color=COLORS["edge"], ls=style, lw=0.9)
+            ax.plot(span, y0 * (span / x0) ** slope, color=COLORS["edge"], ls=style, lw=0.9)
             handles.append(Line2D([], [], color=COLORS["edge"], ls=style, label=f"slope {slope:g}"))
     if predictions and optimizer in ("sgd", "momentum"):
         beta = result.profile.scaling.momentum if optimizer == "momentum" else 0.0
@@ -124,6 +131,7 @@ def lr_max_panel(ax: Axes, result: ScalingResult, optimizer: str, fits: Mapping[
             ax.plot(highlight, np.sqrt(ends.min() * ends.max()), "o", ms=16, mfc="none", mec=COLORS["empirical"], mew=1.5)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    _plain_log_ticks(ax)
     ax.set_xticks(b_all, [f"{int(v)}" for v in b_all])
     ax.set_xlabel("batch size B")
     ax.set_ylabel("largest stable learning rate")
@@ -133,10 +141,13 @@ def lr_max_panel(ax: Axes, result: ScalingResult, optimizer: str, fits: Mapping[
 
 
 def lr_max_figure(result: ScalingResult, fits: Mapping[str, Mapping[str, Any]]) -> Figure:
-    """One :func:`lr_max_panel` per optimiser, side by side."""
-    fig, axes = plt.subplots(1, len(fits), figsize=(12.5, 4.0))
-    for ax, (optimizer, fit) in zip(np.atleast_1d(axes), fits.items()):
+    """One :func:`lr_max_panel` per optimiser, two to a row (the book's text column is narrow)."""
+    rows = (len(fits) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4.3 * rows), squeeze=False)
+    for ax, (optimizer, fit) in zip(axes.flat, fits.items()):
         lr_max_panel(ax, result, optimizer, fit)
+    for ax in list(axes.flat)[len(fits):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 
@@ -150,6 +161,7 @@ def ratio_figure(table: pd.DataFrame) -> Figure:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(table.batch_size, [str(int(b)) for b in table.batch_size])
+    _plain_log_ticks(ax)
     ax.set_xlabel("batch size B")
     ax.set_ylabel("measured / predicted")
     ax.legend()
@@ -164,7 +176,7 @@ def parity_figure(parity: pd.DataFrame, tolerance: float) -> Figure:
     drawn at the bottom as a cross.
     """
     optimizers = list(dict.fromkeys(arm[1] for arm in PARITY_ARMS))
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(11, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(11, 4.2), sharey=True)
     low = np.nanmin(parity.test_acc) if np.isfinite(parity.test_acc).any() else 0.0
     for ax, optimizer in zip(np.atleast_1d(axes), optimizers):
         rows = parity[parity.optimizer == optimizer]
@@ -195,10 +207,11 @@ def parity_figure(parity: pd.DataFrame, tolerance: float) -> Figure:
 
 def sweep_frame(result: ScalingResult, fits: Mapping[str, Mapping[str, Any]], optimizer: str, batch_size: int,
                 seed: int = 0) -> Figure:
-    """One frame of the explorer: the trials of one (optimiser, B) and the lr_max(B) panel with B ringed."""
+    """One frame of the explorer: the trials of one (optimiser, B) above, the lr_max(B) panel with B ringed below."""
     bracket = next(br for br in result.sweeps[optimizer][seed] if br.batch_size == batch_size)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.7))
-    trial_curves(left, bracket, result.threshold, result.profile.scaling.loss_window)
-    lr_max_panel(right, result, optimizer, fits[optimizer], highlight=batch_size)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.91, wspace=0.25)  # fixed: many frames, no layout pass
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7.6))
+    trial_curves(top, bracket, result.threshold, result.profile.scaling.loss_window)
+    top.set_title(f"{OPTIMIZER_LABELS[optimizer]}, " + top.get_title(), fontsize=10)
+    lr_max_panel(bottom, result, optimizer, fits[optimizer], highlight=batch_size)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.95, hspace=0.32)  # fixed: many frames, no layout pass
     return fig

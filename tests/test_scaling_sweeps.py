@@ -450,3 +450,22 @@ def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypat
     for optimizer in S.OPTIMIZERS:
         assert again.brackets(optimizer).equals(first.brackets(optimizer))
     assert again.parity.equals(first.parity) and again.noise == first.noise
+
+
+def test_parity_accuracies_and_claim_evidence_feed_the_rules():
+    import pandas as pd
+
+    rows = [{"arm": arm, "optimizer": opt, "multiple": m, "seed": s, "test_acc": 40.0 + m / 4 + s, "diverged": False}
+            for arm, opt, multiples, _ in S.PARITY_ARMS for m in multiples for s in (0, 1)]
+    result = S.ScalingResult(profile=load_profile("smoke"), sweeps={}, prediction=pd.DataFrame(), noise={},
+                             parity=pd.DataFrame(rows), base_lrs={}, start_epoch=1, starting_loss=1.0,
+                             threshold=1.2, dim=1)
+    base, scaled, control = result.parity_accuracies("SGD, linear scaling", "SGD, unscaled (control)")
+    assert (base, scaled, control) == (40.75, [41.5, 44.5], 44.5)
+    assert not parity_holds(base, scaled, control)
+    fit = {"slope_small": laws.Interval(1.0, 0.8, 1.2), "slope": laws.Interval(0.5, 0.4, 0.6), "unbracketed": [],
+           "saturating": {"passes": np.array([True, True, True])}}
+    assert claim4_verdict(**S.ScalingResult.claim_evidence(fit)) == HOLDS
+    assert claim4_verdict(**S.ScalingResult.claim_evidence({**fit, "unbracketed": [256]})) == PARTLY
+    missing = S.ScalingResult.claim_evidence({"unbracketed": [4, 8]})
+    assert claim4_verdict(**missing) == DOES_NOT_HOLD and math.isnan(missing["grid_slope"].low)

@@ -680,6 +680,14 @@ class ScalingResult:
             })
         return pd.DataFrame(rows)
 
+    def parity_accuracies(self, scaled_arm: str, control_arm: str) -> tuple[float, list[float], float]:
+        """``(at B0, [at each larger B of the scaled arm], control)``: mean final test accuracies (%) over seeds,
+        the inputs of :func:`hessian_lib.verdicts.parity_holds`. Arms are names from :data:`PARITY_ARMS`."""
+        means = self.parity.groupby(["arm", "multiple"]).test_acc.mean()
+        scaled = means[scaled_arm]
+        control = means[control_arm]
+        return float(scaled[1]), [float(v) for m, v in scaled.items() if m != 1], float(control.iloc[-1])
+
     def parity_table(self) -> pd.DataFrame:
         """Per arm and batch size: the learning rate, the mean, standard deviation, min and max of the final
         test accuracy over seeds (%), and how many runs diverged."""
