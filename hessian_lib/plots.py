@@ -163,8 +163,8 @@ def spectrum_density_frame(sp: dict, batch_index: int, *, kind: str, epoch: int,
     ``sp`` is a dict of :func:`hessian_lib.experiments.spectra.spectrum_at`; ``batch_index`` picks B
     from its grid. Left: Ritz values and weights of the empirical matrix and of one batch draw.
     Right: :func:`broadened_density` on a log scale (the batch density averaged over its draws),
-    with the extreme Ritz values marked at the top: the outliers carry weights of 1e-3 and less,
-    invisible on a linear scale.
+    with the extreme Ritz values marked at the top: the outliers carry weights of order 1/P,
+    invisible on a linear scale, so the lower limit is set from their peaks.
     """
     b = int(sp["batch_sizes"][batch_index])
     n_draws = int(sp["draws"][batch_index])
@@ -172,7 +172,7 @@ def spectrum_density_frame(sp: dict, batch_index: int, *, kind: str, epoch: int,
     ev, ew, er = sp["empirical_values"], sp["empirical_weights"], sp["empirical_residuals"]
     m = int(sp["lanczos_steps"])
     name = "Hessian" if kind == "hessian" else "Gauss-Newton"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.3))  # fits the page as a widget frame (72 dpi)
     floor = 1e-6
     _ritz_stems(left, ev, ew, COLORS["empirical"], f"empirical (N = {int(sp['dataset_size'])})", floor, "s")
     _ritz_stems(left, bv[draw], bw[draw], COLORS["batch"], f"batch B = {b}, draw {draw + 1}", floor)
@@ -190,15 +190,22 @@ def spectrum_density_frame(sp: dict, batch_index: int, *, kind: str, epoch: int,
     width = span / (4 * m)
     emp_density = broadened_density(grid, ev, ew, er, width)
     batch_density = broadened_density(grid, bv, bw, br, width)
-    right.fill_between(grid, 1e-7, emp_density + 1e-7, color=COLORS["empirical"], alpha=0.25, lw=0)
-    right.semilogy(grid, emp_density + 1e-7, color=COLORS["empirical"], lw=1.6, ls="--", label="empirical")
-    right.semilogy(grid, batch_density + 1e-7, color=COLORS["batch"], lw=1.3,
+    def positive(d: np.ndarray) -> np.ndarray:  # log scale: no offset, which would hide the small peaks
+        return np.where(d > 0, d, np.nan)
+
+    right.semilogy(grid, positive(emp_density), color=COLORS["empirical"], lw=1.6, ls="--", label="empirical")
+    right.semilogy(grid, positive(batch_density), color=COLORS["batch"], lw=1.3,
                    label=f"batch B = {b} (mean of {n_draws} draws)")
-    ylim = (max(1e-6, 1e-4 * float(max(emp_density.max(), batch_density.max()))),
-            3 * float(max(emp_density.max(), batch_density.max())))
-    right.set_ylim(*ylim)
     tops = np.nanmax(bv, axis=1), np.nanmin(bv, axis=1)
     ends = ["top", "bottom"] if kind == "hessian" else ["top"]
+    # low enough to show the extreme Ritz values' own peaks (their weights are of order 1/P)
+    peak = float(max(emp_density.max(), batch_density.max()))
+    at_ends = [np.interp(float(np.nanmax(ev) if end == "top" else np.nanmin(ev)), grid, emp_density) for end in ends]
+    at_ends += [np.interp(v, grid, batch_density) for v in np.concatenate([tops[0], tops[1] if kind == "hessian" else []])]
+    floor_y = min([a for a in at_ends if a > 0] or [1e-4 * peak])
+    ylim = (float(np.clip(0.3 * floor_y, 1e-10 * peak, 1e-3 * peak)), 3 * peak)
+    right.fill_between(grid, ylim[0], np.maximum(emp_density, ylim[0]), color=COLORS["empirical"], alpha=0.2, lw=0)
+    right.set_ylim(*ylim)
     for end in ends:
         e_val = float(np.nanmax(ev) if end == "top" else np.nanmin(ev))
         b_vals = tops[0] if end == "top" else tops[1]
@@ -248,6 +255,11 @@ def shift_panel(ax: Axes, table, fit: dict, *, sigmas: float, color: str, title:
     ax.set_title(title, fontsize=9.5)
 
 
+def _tick_label(value: float, _: object = None) -> str:
+    """Plain numbers on log axes: 0.059, 2, 20, 500 (no 5e+02)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _plain_log_ticks(ax: Axes, x_ticks: np.ndarray | None = None) -> None:
     """Log axes without crowded minor labels; ``x_ticks`` puts plain-number ticks at those x values."""
     for axis in (ax.xaxis, ax.yaxis):
@@ -255,11 +267,11 @@ def _plain_log_ticks(ax: Axes, x_ticks: np.ndarray | None = None) -> None:
     lo, hi = ax.get_ylim()
     if hi / lo < 100:  # two decades or less: label 1-2-5 steps, not just the powers of ten
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(_tick_label))
     if x_ticks is not None:
         ax.xaxis.set_major_locator(FixedLocator(np.asarray(x_ticks, dtype=float)))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(_tick_label))
 
 
 def prediction_panel(ax: Axes, batch_sizes: np.ndarray, mean: np.ndarray, se: np.ndarray, empirical: float,

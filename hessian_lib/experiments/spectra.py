@@ -260,8 +260,9 @@ def shift_statistics(sp: dict[str, Any], end: str) -> pd.DataFrame:
 
     Columns: ``B``; ``x`` :math:`= 1/B - 1/N`; ``draws``; ``mean |lambda_B|``; ``shift``
     :math:`\Delta(B)`; ``se`` (its standard error over draws: the sample standard deviation over
-    :math:`\sqrt{\text{draws}}`); ``se/shift``; ``flagged`` (draws whose extreme Ritz value has a
-    residual bound above :data:`RESIDUAL_TOLERANCE` of its magnitude). ``attrs`` hold the
+    :math:`\sqrt{\text{draws}}`); ``se/shift``; ``required`` (the draws the first stage asked
+    for, :func:`required_draws`, the larger over the matrix's ends); ``flagged`` (draws whose
+    extreme Ritz value has a residual bound above :data:`RESIDUAL_TOLERANCE` of its magnitude). ``attrs`` hold the
     empirical extreme (``empirical``, signed), its residual bound and whether it is flagged.
     """
     emp_value, emp_res = extreme_ritz(sp["empirical_values"], sp["empirical_residuals"], end)
@@ -276,6 +277,7 @@ def shift_statistics(sp: dict[str, Any], end: str) -> pd.DataFrame:
     table = pd.DataFrame({"B": b.astype(int), "x": 1.0 / b - 1.0 / float(sp["dataset_size"]), "draws": n,
                           "mean |lambda_B|": mean, "shift": shift, "se": se,
                           "se/shift": np.where(shift > 0, se / np.where(shift > 0, shift, 1.0), np.inf),
+                          "required": np.asarray(sp.get("required_draws", np.full(b.shape, np.nan)), dtype=float),
                           "flagged": flagged})
     table.attrs.update(empirical=float(emp_value), empirical_residual=float(emp_res),
                        empirical_flagged=bool(emp_res > RESIDUAL_TOLERANCE * abs(float(emp_value))))
