@@ -141,7 +141,8 @@ def test_page_renders_offline_and_fits(server, browser, path):
         source = next((s for s in (Path(f"{path}.ipynb"), Path(f"{path}.md")) if s.exists()), None)
         text = source.read_text() if source else ""
         if "$" in text:
-            page.wait_for_selector("mjx-container", timeout=20_000)
+            # the article's own equations (a heading's math also sits in the hidden print-only contents)
+            page.wait_for_selector("article mjx-container", timeout=20_000)
             raw = page.evaluate("() => document.querySelector('article').innerText.includes('\\\\frac')")
             assert not raw, "equations left untypeset"
         if '"application/vnd.jupyter.widget-view+json"' in text or "frame_explorer" in text:
