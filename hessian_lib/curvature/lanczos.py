@@ -323,9 +323,13 @@ def _extremal(
         errs = torch.empty(k, dtype=torch.float64)
         for j, i in enumerate(idx.tolist()):
             others = torch.cat([theta[:i], theta[i + 1 :]])
-            gap = (others - theta[i]).abs().min() if others.numel() else torch.tensor(float("inf"), dtype=torch.float64)
             r = res[i]
-            errs[j] = torch.minimum(r, r * r / gap.clamp_min(1e-300))
+            # the gap bound r^2/gap needs a second Ritz value; with one, only the residual bounds the error
+            if others.numel():
+                gap = (others - theta[i]).abs().min()
+                errs[j] = torch.minimum(r, r * r / gap.clamp_min(1e-300))
+            else:
+                errs[j] = r
         ref = torch.maximum(theta[idx].abs(), 1e-3 * scale)
         if bool((errs <= tol * ref).all()) or proc.breakdown or m >= dim:
             converged = bool((errs <= tol * ref).all()) or proc.breakdown or m >= dim
