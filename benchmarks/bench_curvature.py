@@ -215,7 +215,7 @@ def capped_curvlinops(model: nn.Module, crit: nn.Module, batches: list, cap: Cap
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", default=os.environ.get("HESSIAN_LIB_DATA", "/work/shared/data/cifar100"))
+    ap.add_argument("--data-root", default=None, help="CIFAR-100 folder (default: $HESSIAN_LIB_DATA or the user cache)")
     ap.add_argument("--images", type=int, default=2048, help="full-data size (default 2048)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--slq-images", type=int, default=None, help="SLQ data size (default images/2)")

@@ -66,7 +66,7 @@ def gradient_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--data-root", default=os.environ.get("HESSIAN_LIB_DATA", "/work/shared/data/cifar100"))
+    ap.add_argument("--data-root", default=None, help="CIFAR-100 folder (default: $HESSIAN_LIB_DATA or the user cache)")
     ap.add_argument("--synthetic", action="store_true", help="random uint8 images of CIFAR shape instead of the data")
     ap.add_argument("--images", type=int, default=50_000, help="images in the empirical Hessian (default 50,000)")
     ap.add_argument("--batch-size", type=int, default=250, help="images per batch of the operator (memory)")
