@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hessian_lib.models import MODEL_NAMES, build_model, canonical_name, count_parameters
+from hessian_lib.models import MODEL_NAMES, build_model, canonical_name, count_parameters, model_note
 
 # Full-size counts on CIFAR-100 (100 classes).
 PAPER_COUNTS = {
@@ -30,6 +30,16 @@ def test_full_size_parameter_counts(name):
 def test_registry_lists_every_model():
     assert set(MODEL_NAMES) == set(PAPER_COUNTS) | set(OWN_COUNTS)
     assert canonical_name("WRN28-10") == "wideresnet28"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_says_where_it_comes_from(name):
+    """The chapters print this note: a network of our own says so and why; the paper's say they are."""
+    note = model_note(name)
+    if name in OWN_COUNTS:
+        assert "not one of the paper's" in note and "because" in note
+    else:
+        assert "the paper" in note and "our own" not in note
 
 
 SMALL = {

@@ -31,7 +31,8 @@ from hessian_lib.models.preresnet import PreResNet
 from hessian_lib.models.vgg import VGG
 from hessian_lib.models.wideresnet import WideResNet
 
-__all__ = ["FastCNN", "MODEL_NAMES", "PreResNet", "VGG", "WideResNet", "build_model", "canonical_name", "count_parameters"]
+__all__ = ["FastCNN", "MODEL_NAMES", "PreResNet", "VGG", "WideResNet", "build_model", "canonical_name", "count_parameters",
+           "model_note"]
 
 
 def _vgg(bn: bool) -> Callable[..., nn.Module]:
@@ -64,6 +65,27 @@ _ALIASES = {"wrn28_10": "wideresnet28", "wrn28": "wideresnet28", "vgg16bn": "vgg
 
 #: The model names :func:`build_model` accepts (aliases aside).
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+#: Where each network comes from, for the chapters to say which one they measure and why.
+_NOTES: dict[str, str] = {
+    "vgg16": "VGG-16 without BatchNorm, one of the paper's networks (the authors' CIFAR variant).",
+    "vgg16_bn": "VGG-16 with BatchNorm, one of the paper's networks.",
+    "wideresnet28": "WideResNet-28-k, one of the paper's networks.",
+    "preresnet110": "PreResNet-110, one of the paper's networks.",
+    "preresnet164": "PreResNet-164, from the PreResNet family the paper uses.",
+    "fastcnn": (
+        "`fastcnn`, a network of our own and not one of the paper's: the VGG recipe (3x3 convolutions, BatchNorm, "
+        "ReLU, max-pooling) cut to five convolutions with global average pooling. It is here because the book's "
+        "claims need a network that has actually learned, and on two CPU cores VGG-16-BN at the widths that fit "
+        "the budget learns several times slower per second (benchmarks/train_results.md has the measurements). "
+        "The paper profile measures the authors' networks with the same code."
+    ),
+}
+
+
+def model_note(name: str) -> str:
+    """One or two sentences on where the network ``name`` comes from (the paper's, or ours and why)."""
+    return _NOTES[canonical_name(name)]
 
 
 def canonical_name(name: str) -> str:
