@@ -14,6 +14,7 @@ from torch import nn
 from hessian_lib.curvature import (
     GGNOperator,
     HessianOperator,
+    MatrixOperator,
     batch_operator,
     bottom_eigenvalues,
     dense_ggn,
@@ -383,16 +384,6 @@ def test_cuda_matches_cpu():
     assert torch.allclose(top_eigenvalues(op, 2).eigenvalues, top_cpu, rtol=1e-4)
 
 
-class _Matrix:
-    """A dense symmetric matrix as a linear operator."""
-
-    def __init__(self, A: torch.Tensor):
-        self.A, self.dim, self.device = A, A.shape[0], A.device
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.A @ v.to(self.A.dtype)
-
-
 @pytest.mark.parametrize("which", ["top", "bottom"])
 def test_a_single_extreme_eigenvalue_is_not_accepted_after_one_product(which):
     """With one Ritz value there is no gap to bound the error by: the residual alone decides."""
@@ -400,7 +391,7 @@ def test_a_single_extreme_eigenvalue_is_not_accepted_after_one_product(which):
     Q, _ = torch.linalg.qr(torch.randn(60, 60, generator=gen, dtype=torch.float64))
     ev = torch.linspace(-1.0, 1.0, 60, dtype=torch.float64)
     ev[-1], ev[0] = 3.0, -2.5  # one outlier at each end
-    op = _Matrix(Q @ torch.diag(ev) @ Q.T)
+    op = MatrixOperator(Q @ torch.diag(ev) @ Q.T)
     find = top_eigenvalues if which == "top" else bottom_eigenvalues
     res = find(op, 1, tol=1e-8, max_iters=60)
     assert res.num_products > 1 and res.converged

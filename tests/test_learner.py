@@ -18,7 +18,8 @@ import torch
 
 from hessian_lib.curvature import HessianOperator, lanczos
 from hessian_lib.data import load_cifar100, normalize, stratified_indices
-from hessian_lib.experiments.learner import MatrixOperator, quadratic_demo
+from hessian_lib.curvature import MatrixOperator
+from hessian_lib.experiments.learner import quadratic_demo
 from hessian_lib.learner import (BULK_WEIGHT, RULES, SLQLearner, extremes, gd_hyperparameters, gd_rate,
                                  heavy_ball_rate, polyak_hyperparameters, refreshed_batchnorm)
 from hessian_lib.models import build_model

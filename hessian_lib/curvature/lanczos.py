@@ -26,6 +26,7 @@ __all__ = [
     "EigenResult",
     "LanczosProcess",
     "LanczosResult",
+    "MatrixOperator",
     "bottom_eigenvalues",
     "lanczos",
     "start_vector",
@@ -40,6 +41,18 @@ class LinearOperator(Protocol):
     device: torch.device
 
     def matvec(self, v: Tensor) -> Tensor: ...
+
+
+class MatrixOperator:
+    """A dense symmetric matrix ``[P, P]`` as a :class:`LinearOperator` (matrices with a known spectrum)."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        self.matrix = matrix
+        self.dim = int(matrix.shape[0])
+        self.device = matrix.device
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.matrix @ v.to(self.matrix.dtype)
 
 
 def start_vector(dim: int, seed: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from hessian_lib.curvature import HessianOperator, batch_operator, lanczos
+from hessian_lib.curvature import HessianOperator, MatrixOperator, batch_operator, lanczos
 from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified_indices
 from hessian_lib.experiments.training import CURVATURE_SEED, SUBSET_SEED, TRAINER_VERSION, model_from_profile
 from hessian_lib.learner import SLQLearner, extremes, gd_rate, heavy_ball_rate, refreshed_batchnorm
@@ -48,7 +48,6 @@ __all__ = [
     "LEARNER_METHODS",
     "LearnerData",
     "LearnerStudy",
-    "MatrixOperator",
     "claim6",
     "learner_data",
     "method_label",
@@ -418,18 +417,6 @@ def _count(n: int, noun: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the quadratic check
-
-
-class MatrixOperator:
-    """A dense symmetric matrix ``[P, P]`` as an operator (``dim``, ``device``, ``matvec``)."""
-
-    def __init__(self, matrix: torch.Tensor) -> None:
-        self.matrix = matrix
-        self.dim = int(matrix.shape[0])
-        self.device = matrix.device
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.matrix @ v.to(self.matrix.dtype)
 
 
 def quadratic_demo(*, kappa: float = 100.0, n_bulk: int = 150, n_outliers: int = 20, steps: int = 300,
