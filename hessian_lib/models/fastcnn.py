@@ -3,8 +3,8 @@
 Not one of the paper's networks. It is the VGG recipe (3x3 convolutions, BatchNorm, ReLU,
 2x2 max-pooling) cut to five convolutions with global average pooling and one linear layer,
 so that most of its compute sits at low resolution. On two CPU cores VGG-16-BN at the widths
-that fit the budget learns several times slower per second (``benchmarks/train_results.md``);
-the book uses this network wherever it needs a network that has actually learned within the
+that fit the budget was far from learning in the trials that chose the recipe (no side-by-side
+time-to-accuracy benchmark yet; ``benchmarks/train_results.md`` has the throughputs); the book uses this network wherever it needs a network that has actually learned within the
 cpu profile's budget, and the paper profile keeps the authors' networks.
 
 Layer plan (channels, ``"M"`` = max-pool), times ``width``:
