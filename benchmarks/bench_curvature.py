@@ -24,7 +24,7 @@ reported as ``> cap`` (a lower bound); curvlinops' ``eigsh``, the reference, get
 ``--reference-cap``. An anchor's cold product includes its construction (curvlinops checks
 by default that model and data are deterministic). Memory: peak resident-set growth during each call,
 sampled from ``/proc/self/statm`` every 5 ms by a thread (torch's CPU allocations are
-invisible to tracemalloc). Load averages are printed with every phase.
+invisible to tracemalloc), from a heap trimmed (``malloc_trim``) just before the call. Load averages are printed with every phase.
 
     .venv/bin/python benchmarks/bench_curvature.py                        # full workload
     .venv/bin/python benchmarks/bench_curvature.py --images 256 --batch-size 128 --cap 120   # quick
@@ -33,7 +33,10 @@ invisible to tracemalloc). Load averages are printed with every phase.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime
+import gc
 import importlib
 import os
 import platform
@@ -74,6 +77,18 @@ def make_model(seed: int = 0) -> nn.Module:
     )
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        lib.malloc_trim  # glibc only
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
 class PeakRSS:
     """Peak RSS growth (MiB) over a ``with`` block, sampled by a thread."""
 
@@ -86,6 +101,11 @@ class PeakRSS:
             return int(f.read().split()[1]) * self.page
 
     def __enter__(self) -> "PeakRSS":
+        # Start from a trimmed heap: memory an earlier call freed but the C allocator kept would
+        # otherwise be reused here for free and flatter whichever call runs later.
+        gc.collect()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
         self.base = self._rss()
         self.peak = self.base
         self._stop = False

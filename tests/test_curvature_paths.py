@@ -351,3 +351,75 @@ def test_cuda_path_matches_dense(path):
     model.cuda()
     op = HessianOperator(model, LOSS, [(a.cuda(), b.cuda()) for a, b in data], path=path)
     assert _rel(op.matvec(V.cuda()).cpu(), V.double() @ dense) < 1e-4
+
+
+# ------------------------------------------------------------------ memory of the kept state
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_graph_bytes_are_what_autograd_saved(kind):
+    """The kept graph's size, read from its nodes, is what a pack hook sees being saved."""
+    model = _bn_cnn()
+    x, y = _data("cnn")
+    cls, _ = KINDS[kind]
+    op = cls(model, LOSS, (x, y), path="graph")
+    sizes: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        state = op._build(x, y)
+    skip = {t.untyped_storage().data_ptr() for t in (*op._model_tensors(), x, y)}
+    tensors = state if isinstance(state, tuple) else tuple(state)
+    for t in tensors:
+        if isinstance(t, Tensor):
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    want = sum(n for p, n in sizes.items() if p not in skip)
+    nodes, got = ops._graph_walk(tensors, exclude=[*op._model_tensors(), x, y])
+    # up to a few 0-d scalars (4 bytes each) that some backward nodes keep out of their saved attributes
+    assert nodes > 5 and want > 0 and 0 <= want - got <= 16
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kept_graph_is_freed_with_its_operator(kind):
+    """Measuring a kept graph must not tie it to itself: once the operator goes, so do its
+    saved activations (a pack hook returning its tensor made ReLU outputs hold themselves)."""
+    import gc
+
+    def graph_tensors() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Tensor) and o.grad_fn is not None)
+
+    model = _cnn()
+    x, y = _data("cnn")
+    before = graph_tensors()
+    op = KINDS[kind][0](model, LOSS, _equal_batches(x, y), path="graph")
+    op.matvec(torch.randn(op.dim))
+    assert op.cache_nbytes > 0 and len(op._cache) > 0
+    del op
+    assert graph_tensors() == before
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_no_cache_loops_blocks(path):
+    """With cache_bytes=0 a block is multiplied vector by vector (no k products' tensors at once)."""
+    model = _cnn()
+    x, y = _data("cnn")
+    data = _equal_batches(x, y)
+    for cls, ref in KINDS.values():
+        op = cls(model, LOSS, data, path=path, cache_bytes=0)
+        V = torch.randn(3, op.dim)
+        assert _rel(op.matvec(V), V.double() @ ref(model, LOSS, data)) < TOL
+        assert op.block_timings == {}
+
+
+def test_undecided_graph_does_not_time_blocks():
+    """Before the auto trial the graph multiplies blocks vector by vector, timing nothing: the
+    block measurement belongs to the path that stays."""
+    model = _cnn()
+    x, y = _data("cnn")
+    op = HessianOperator(model, LOSS, _equal_batches(x, y))
+    V = torch.randn(2, op.dim)
+    op.matvec(V)
+    assert not op._decided and op.block_timings == {}
+    assert _rel(op.matvec(V), V.double() @ dense_hessian(model, LOSS, _equal_batches(x, y))) < TOL

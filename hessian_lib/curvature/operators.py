@@ -617,17 +617,52 @@ def _layout(t: Any, channels_last: bool) -> Any:
     return t
 
 
-def _count_nodes(tensors: Iterable[Any]) -> int:
-    """Nodes of the autograd graph behind ``tensors``."""
+def _graph_walk(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> tuple[int, int]:
+    r"""``(nodes, bytes)`` of the autograd graph behind ``tensors``: its number of nodes and the
+    bytes of the distinct storages it saved for backward (and of ``tensors`` themselves), not
+    counting those of ``exclude``.
+
+    The saved tensors are read from the nodes' ``_saved_*`` attributes (``saved_tensors`` for
+    custom ``autograd.Function``\ s) after the graph is built. A ``saved_tensors_hooks`` pack
+    hook that returns its tensor would see them as they are saved, but it makes every op that
+    saves its own output (ReLU, max-pool, softmax) hold a reference to itself through its
+    ``grad_fn``: a cycle through C++ that Python's collector cannot free, so every measured
+    graph would stay in memory for the rest of the process.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, Tensor)}
+    sizes: dict[int, int] = {}
+
+    def note(t: Any) -> None:
+        if isinstance(t, Tensor) and t.device.type != "meta":
+            try:
+                st = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                return
+            if st.data_ptr() not in skip:
+                sizes[st.data_ptr()] = st.nbytes()
+        elif isinstance(t, (tuple, list)):
+            for u in t:
+                note(u)
+
     seen: set[Any] = set()
-    stack = [t.grad_fn for t in tensors if isinstance(t, Tensor) and t.grad_fn is not None]
+    stack = []
+    for t in tensors:
+        note(t)
+        if isinstance(t, Tensor) and t.grad_fn is not None:
+            stack.append(t.grad_fn)
     while stack:
         f = stack.pop()
         if f is None or f in seen:
             continue
         seen.add(f)
+        for name in dir(f):
+            if name.startswith("_saved_") or name == "saved_tensors":
+                try:
+                    note(getattr(f, name))
+                except RuntimeError:  # freed by a backward pass without retain_graph
+                    pass
         stack.extend(nf for nf, _ in f.next_functions)
-    return len(seen)
+    return len(seen), sum(sizes.values())
 
 
 class CurvatureOperator:
@@ -702,8 +737,10 @@ class CurvatureOperator:
               products on one path; a switch changes them at the level of float rounding.
 
             Either way a block ``[k, P]`` is multiplied vector by vector or vectorised
-            (``vmap`` / ``is_grads_batched``), whichever the first block product measured
-            faster per vector. :attr:`path_in_use` and ``repr`` say which path runs and why.
+            (``vmap`` / ``is_grads_batched``), whichever the first block product on the path
+            that stays measured faster per vector; always vector by vector with
+            ``cache_bytes=0``, since a vectorised block holds the intermediate tensors of
+            ``k`` products at once. :attr:`path_in_use` and ``repr`` say which path runs and why.
         channels_last: the linearised path runs on channels-last copies of the 4-D tensors (the
             images, 4-D weights and their tangents), often faster for convolutions; the
             products are the same. ``None`` (default): as given, except that the
@@ -999,27 +1036,16 @@ class CurvatureOperator:
             residuals = lin.build(self._lin_inputs(x, y, cl))
             given = [*self._model_tensors(), x, y]
             return (lin, residuals, self._versions(), cl), (_storage_bytes(residuals, given) if measure else 0)
-        sizes: dict[int, int] = {}
-
-        def pack(t: Tensor) -> Tensor:
-            try:
-                st = t.untyped_storage()
-                sizes[st.data_ptr()] = st.nbytes()
-            except (RuntimeError, NotImplementedError):
-                pass
-            return t
-
         start = time.perf_counter()
         with batchnorm_mode(self.model, self.bn_mode):
-            if measure:
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    state = self._build(x, y)
-            else:
-                state = self._build(x, y)
-        if not self._graph_nodes:
-            self._graph_nodes = _count_nodes(state if isinstance(state, (tuple, list)) else [state])
+            state = self._build(x, y)
         self._last_build_seconds = time.perf_counter() - start
-        return state, sum(sizes.values())
+        nbytes = 0
+        if measure or not self._graph_nodes:
+            tensors = state if isinstance(state, (tuple, list)) else [state]
+            nodes, nbytes = _graph_walk(tensors, exclude=[*self._model_tensors(), x, y])
+            self._graph_nodes = self._graph_nodes or nodes
+        return state, (nbytes if measure else 0)
 
     def _apply_state(self, path: str, state: Any, vs: list[list[Tensor]], keep: bool, batched: bool) -> list[Tensor]:
         if path == "graph":
@@ -1063,6 +1089,10 @@ class CurvatureOperator:
         path, state, kept = self._state_for(i, batch)
         k = len(vs)
         batched = self._block.get((path, k))
+        if batched is None and k > 1 and (self.cache_bytes == 0 or (path == "graph" and not self._decided)):
+            # No memory to spare for k tangents at once; or the graph until the trial, whose block timing
+            # would be spent on a path about to be replaced: vector by vector, nothing measured.
+            batched = False
         memo_key = None
         if batched is None and k > 1 and isinstance(batch[0], Tensor):
             memo_key = ("block", path, k, *self._memo_key(*self._to_device(batch)))
@@ -1149,12 +1179,14 @@ class CurvatureOperator:
             product = (clock() - t) / k
             # The first applications of a new state run cold (fresh memory), while the graph's figure is the
             # best of its warm products so far: look again while the candidate is not clearly faster yet.
+            # The later looks multiply the first vector only: the products are deterministic, so the
+            # first look's results stand.
             for _ in range(TRIAL_LOOKS - 1):
                 if not (fastest / 1.2 <= product < TRIAL_SLOWER * fastest):
                     break
                 t = clock()
-                res = self._apply_state("linearize", state, vs, True, False)
-                product = min(product, (clock() - t) / k)
+                self._apply_state("linearize", state, vs[:1], True, False)
+                product = min(product, clock() - t)
             if not keep or product >= fastest:  # hold at most one candidate's state
                 state = None
             else:
