@@ -502,6 +502,11 @@ PROFILES: dict[str, Profile] = {
                          warmup_epochs=0.25, checkpoint_every=1, eval_flip=True, low_res_epochs=4, low_res_size=24),
         # The learner study, 14 runs in about 5 minutes on 2 cores: 2 epochs on 2,560 images (40 steps of 128),
         # an SGD grid around the recipe's lr 0.4, estimates once per epoch; every run tested on all 10,000 images.
+        # The batch-Hessian study at the ends and the middle of the 5-epoch recipe.
+        spectra=SpectraSizes(checkpoints=(1, 3, 5)),
+        # Three sweeps per optimiser, so that the slope intervals include the scatter of the stability threshold
+        # from sweep to sweep (one sweep's interval covers only the bisection's resolution).
+        scaling=ScalingSizes(seeds=3),
         learner=LearnerSizes(train_images=2_560, epochs=2, sgd_lrs=(0.03, 0.1, 0.3, 1.0), curvature_images=128,
                              lanczos_steps=10, every_steps=20, compare_batches=2),
     ),
