@@ -465,13 +465,16 @@ def main() -> None:
     ref_top: torch.Tensor | None = None
     if "top5" in phases:
         print(f"\n== top-5 eigenvalues ({load()})")
+        g_top = grad_ref()
         forget_linearizations()
         op = HessianOperator(model, crit, batches)
         timed = Timed(op)
         with PeakRSS() as mem_t:
             t = time.perf_counter(); top = top_eigenvalues(timed, 5, tol=1e-4, max_iters=300); t_top = time.perf_counter() - t
         out_top = 1 - timed.seconds / t_top
-        print(f"ours: {t_top:.1f} s, {top.num_products} products, outside products {100 * out_top:.1f}%, peak +{mem_t.mib:.0f} MiB")
+        print(f"ours: {t_top:.1f} s, {top.num_products} products ({timed.seconds / timed.calls / g_top:.2f}x grad per product), "
+              f"outside products {100 * out_top:.1f}%, peak +{mem_t.mib:.0f} MiB")
+        print(f"  {op!r}")
         print("  eigenvalues", [f"{e:.6f}" for e in top.eigenvalues.tolist()])
         res = {}
         if "curvlinops" in anchors:
@@ -502,7 +505,8 @@ def main() -> None:
             if r["done"] and ref_top is not None:
                 e = torch.tensor(sorted(r["result"], reverse=True), dtype=torch.float64)
                 extra = f", max rel err vs curvlinops {float(((e - ref_top).abs() / ref_top.abs()).max()):.1e}"
-            print(f"PyHessian eigenvalues(top_n=5): {fmt_time(r, args.cap)}, {r['products']} products, peak +{r['mib']:.0f} MiB{extra}")
+            print(f"PyHessian eigenvalues(top_n=5): {fmt_time(r, args.cap)}, {r['products']} products "
+                  f"({r['seconds'] / max(r['products'], 1) / g_top:.2f}x grad per product), peak +{r['mib']:.0f} MiB{extra}")
         if "eigenthings" in anchors:
             from hessian_eigenthings import lanczos as et_lanczos
 
@@ -554,7 +558,8 @@ def main() -> None:
                 return capped_pyhessian(model, crit, slq_batches, cap).density(iter=30, n_v=2)
 
             res["pyhessian"] = r = run_capped(ph_slq, args.cap)
-            print(f"PyHessian density(iter=30, n_v=2): {fmt_time(r, args.cap)}, {r['products']} products, peak +{r['mib']:.0f} MiB")
+            print(f"PyHessian density(iter=30, n_v=2): {fmt_time(r, args.cap)}, {r['products']} products "
+                  f"({r['seconds'] / max(r['products'], 1) / g:.2f}x grad per product), peak +{r['mib']:.0f} MiB")
         if "eigenthings" in anchors:
             from hessian_eigenthings import spectral_density
 

@@ -702,8 +702,10 @@ class CurvatureOperator:
             (the linearisation's residuals or the first-order autograd graph: saved
             activations). Batches whose state fits are built once and reused by every later
             product (Lanczos, SLQ, trace); the rest are recomputed each time. ``0``
-            disables caching. The state of a batch is measured when it is first built
-            (:attr:`cache_nbytes`).
+            disables caching, and then blocks are multiplied vector by vector. The state of a
+            batch is measured when it is first built (:attr:`cache_nbytes`). While the
+            ``path="auto"`` trial runs, the first batch is briefly held on two paths at once
+            and the other batches are dropped and rebuilt afterwards.
         path: how products are computed, one of :data:`PATHS`:
 
             * ``"linearize"``: forward-over-reverse. The product on one batch is traced once
