@@ -559,7 +559,10 @@ def _storage_bytes(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> in
     sizes: dict[int, int] = {}
     for t in tensors:
         if isinstance(t, Tensor) and t.device.type != "meta":
-            st = t.untyped_storage()
+            try:
+                st = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # a tensor without storage of its own
+                continue
             if st.data_ptr() not in skip:
                 sizes[st.data_ptr()] = st.nbytes()
     return sum(sizes.values())
@@ -630,17 +633,11 @@ def _graph_walk(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> tuple
     ``grad_fn``: a cycle through C++ that Python's collector cannot free, so every measured
     graph would stay in memory for the rest of the process.
     """
-    skip = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, Tensor)}
-    sizes: dict[int, int] = {}
+    found: list[Tensor] = []
 
     def note(t: Any) -> None:
-        if isinstance(t, Tensor) and t.device.type != "meta":
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                return
-            if st.data_ptr() not in skip:
-                sizes[st.data_ptr()] = st.nbytes()
+        if isinstance(t, Tensor):
+            found.append(t)
         elif isinstance(t, (tuple, list)):
             for u in t:
                 note(u)
@@ -663,7 +660,7 @@ def _graph_walk(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> tuple
                 except RuntimeError:  # freed by a backward pass without retain_graph
                     pass
         stack.extend(nf for nf, _ in f.next_functions)
-    return len(seen), sum(sizes.values())
+    return len(seen), _storage_bytes(found, exclude)
 
 
 class CurvatureOperator:
