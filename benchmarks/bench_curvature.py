@@ -151,6 +151,9 @@ class Timed:
         self.op, self.dim, self.device, self.seconds, self.calls = op, op.dim, op.device, 0.0, 0
         self.accepts_blocks = getattr(op, "accepts_blocks", False)
 
+    def expect_products(self, n: int) -> None:
+        self.op.expect_products(n)  # what the algorithms tell the operator when it is not wrapped
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         t = time.perf_counter()
         out = self.op.matvec(v)

@@ -20,6 +20,7 @@ from hessian_lib.curvature import (
     dense_ggn,
     dense_hessian,
     dense_matrix,
+    forget_linearizations,
     hutchinson_trace,
     hutchpp_trace,
     lanczos,
@@ -247,20 +248,38 @@ def test_trace_estimators_within_stated_error(cnn_problem):
     assert abs(pp.estimate - exact) < 4 * pp.stderr + 1e-6 * abs(exact)
 
 
-def test_same_seed_bit_identical():
+@pytest.mark.parametrize("path", ["graph", "linearize"])
+def test_same_seed_bit_identical(path):
     model = _cnn()
     x, y = _data("cnn")
     runs = []
     for _ in range(2):
-        op = HessianOperator(model, LOSS, _split(x, y, [9]))
+        op = HessianOperator(model, LOSS, _split(x, y, [9]), path=path)
         r = lanczos(op, 12, seed=7)
         s = slq_density(op, 8, 2, seed=3)
         t = hutchinson_trace(op, 4, seed=2)
         runs.append((r.alphas, r.betas, r.ritz_values, s.density, torch.tensor(t.estimate)))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-    other = lanczos(HessianOperator(model, LOSS, (x, y)), 12, seed=8)
+    other = lanczos(HessianOperator(model, LOSS, (x, y), path=path), 12, seed=8)
     assert not torch.equal(other.alphas, runs[0][0])
+
+
+def test_auto_path_announced_run_repeats_on_the_same_path():
+    """An SLQ long enough to announce its products decides the path before its first product, so
+    a second run (which recalls the choice) multiplies on the same path. Only the first run's first
+    blocks may differ in how a block is multiplied (looped or vectorised): float rounding."""
+    forget_linearizations()
+    model = _cnn()
+    x, y = _data("cnn")
+    dens, paths = [], []
+    for _ in range(2):
+        op = HessianOperator(model, LOSS, _split(x, y, [9]))
+        dens.append(slq_density(op, 8, 2, seed=3).density)
+        paths.append(op.path_in_use)
+        assert op.num_products == 16
+    assert paths[0] == paths[1]
+    torch.testing.assert_close(dens[0], dens[1], rtol=1e-5, atol=1e-6 * float(dens[0].max()))
 
 
 def test_batch_operator():

@@ -423,3 +423,75 @@ def test_undecided_graph_does_not_time_blocks():
     op.matvec(V)
     assert not op._decided and op.block_timings == {}
     assert _rel(op.matvec(V), V.double() @ dense_hessian(model, LOSS, _equal_batches(x, y))) < TOL
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_announced_products_run_the_trial_on_the_first_product(kind):
+    """``expect_products(n >= EARLY_TRIAL_PRODUCTS)``: the first product is the trial (no graph
+    rental first), the block's other vectors go on the winner, and the products are right. A
+    shorter announcement leaves the rental rule in charge."""
+    ops.forget_linearizations()
+    model = _cnn()
+    x, y = _data("cnn", n=32)
+    data = _equal_batches(x, y)
+    cls, ref = KINDS[kind]
+    dense = ref(model, LOSS, data)
+    V = torch.randn(3, sum(p.numel() for p in model.parameters()))
+    short = cls(model, LOSS, data)
+    short.expect_products(ops.EARLY_TRIAL_PRODUCTS - 1)
+    assert _rel(short.matvec(V), V.double() @ dense) < TOL
+    assert short.path_timings == {} and "undecided" in repr(short)
+    op = cls(model, LOSS, data)
+    op.expect_products(ops.EARLY_TRIAL_PRODUCTS)
+    assert _rel(op.matvec(V), V.double() @ dense) < TOL
+    assert {"graph_product", "linearize_product", "trace"} <= set(op.path_timings)
+    assert "per product on the first batch]" in repr(op)  # the graph was kept for the trial: no set-up term
+    assert len(op._cache) == len(data) and all(p == op.path_in_use for p, _ in op._cache.values())
+    assert _rel(op.matvec(V), V.double() @ dense) < TOL
+    with pytest.raises(ValueError, match=">= 0"):
+        op.expect_products(-1)
+
+
+def test_lanczos_and_slq_announce_their_products(monkeypatch):
+    """The algorithms tell the operator how many products follow (SLQ: steps x probes)."""
+    heard: list[int] = []
+    monkeypatch.setattr(ops.CurvatureOperator, "expect_products", lambda self, n: heard.append(n))
+    model = _mlp()
+    x, y = _data("mlp")
+    op = HessianOperator(model, LOSS, (x, y), path="graph")
+    lanczos(op, 7)
+    slq_density(op, 5, 3)
+    assert heard == [7, 15]
+
+
+def test_first_block_after_the_trial_is_compared_with_its_single_product(eager_switch):
+    """After the trial, the first block on the trial's batch is multiplied vectorised and its time
+    per vector compared with the trial's single product; the other batches loop until then."""
+    model = _cnn()
+    x, y = _data("cnn", n=32)
+    data = _equal_batches(x, y)
+    op = HessianOperator(model, LOSS, data, path="auto")
+    op.expect_products(ops.EARLY_TRIAL_PRODUCTS)
+    V = torch.randn(2, op.dim)
+    dense = dense_hessian(model, LOSS, data)
+    op.matvec(V)
+    assert op.block_timings == {}  # the trial's block: batch 0 by the trial, the others looped
+    assert _rel(op.matvec(V), V.double() @ dense) < TOL
+    single, vectorised = op.block_timings[op.path_in_use]
+    assert single == op._single_seconds[(op.path_in_use, 0)] and vectorised > 0
+    assert op._block[(op.path_in_use, 2)] == (vectorised < single)
+
+
+def test_a_state_not_kept_is_released_during_its_last_product():
+    """``free=True`` gives the same product and empties the residual list it was given."""
+    model = _cnn()
+    x, y = _data("cnn")
+    op = HessianOperator(model, LOSS, (x, y), path="linearize", cache_bytes=0)
+    lin = op._linearization(x, y, False)
+    residuals = lin.build(op._lin_inputs(x, y, False))
+    tangents = op.unflatten(torch.randn(op.dim))
+    kept = lin.apply(residuals, tangents)
+    assert len(residuals) > 0
+    freed = lin.apply(residuals, tangents, free=True)
+    assert residuals == []
+    assert all(torch.equal(a, b) for a, b in zip(kept, freed))

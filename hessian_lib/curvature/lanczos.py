@@ -28,10 +28,17 @@ __all__ = [
     "LanczosResult",
     "MatrixOperator",
     "bottom_eigenvalues",
+    "expect_products",
     "lanczos",
     "start_vector",
     "top_eigenvalues",
 ]
+
+
+#: What :func:`top_eigenvalues` and :func:`bottom_eigenvalues` tell the operator to expect: this many
+#: products plus 4 per eigenvalue asked for (a guess, low for tight tolerances; it only decides
+#: whether the operator prepares for a long run, see :func:`expect_products`).
+EXTREMAL_PRODUCTS_GUESS = 10
 
 
 class LinearOperator(Protocol):
@@ -53,6 +60,14 @@ class MatrixOperator:
 
     def matvec(self, v: Tensor) -> Tensor:
         return self.matrix @ v.to(self.matrix.dtype)
+
+
+def expect_products(op: object, n: int) -> None:
+    """Tell ``op`` that about ``n`` products will follow, if it takes the hint (the curvature
+    operators do: :meth:`~hessian_lib.curvature.CurvatureOperator.expect_products`)."""
+    hint = getattr(op, "expect_products", None)
+    if callable(hint):
+        hint(int(n))
 
 
 def start_vector(dim: int, seed: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
@@ -96,7 +111,9 @@ class LanczosResult:
 class LanczosProcess:
     """A Lanczos recurrence that can be extended step by step (used by :func:`lanczos` and
     the eigenvalue solvers). Keeps the float64 basis ``[m, P]`` when ``reorthogonalize`` or
-    ``keep_basis`` is set, else only the last two vectors."""
+    ``keep_basis`` is set, else only the last two vectors. ``capacity``: the number of steps
+    expected, allocated at once (the basis otherwise doubles as it grows, holding the old and
+    the new copy for a moment)."""
 
     def __init__(
         self,
@@ -107,6 +124,7 @@ class LanczosProcess:
         reorthogonalize: bool = True,
         keep_basis: bool = False,
         breakdown_tol: float = 1e-10,
+        capacity: int | None = None,
     ) -> None:
         self.op = op
         self.dim = int(op.dim)
@@ -124,7 +142,8 @@ class LanczosProcess:
         self.reorthogonalize = reorthogonalize
         self.keep_basis = keep_basis or reorthogonalize
         self.breakdown_tol = breakdown_tol
-        self._basis = torch.empty(0, self.dim, dtype=torch.float64, device=self.device)
+        rows = min(self.dim, capacity) if capacity is not None and self.keep_basis else 0
+        self._basis = torch.empty(rows, self.dim, dtype=torch.float64, device=self.device)
         self._q = q
         self._q_prev: Tensor | None = None
         self.alphas: list[float] = []
@@ -262,7 +281,8 @@ def lanczos(
     """
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    proc = LanczosProcess(op, seed=seed, v0=v0, reorthogonalize=reorthogonalize, keep_basis=return_vectors)
+    proc = LanczosProcess(op, seed=seed, v0=v0, reorthogonalize=reorthogonalize, keep_basis=return_vectors, capacity=num_iters)
+    expect_products(op, min(num_iters, proc.dim))
     bar = _progress(min(num_iters, proc.dim), progress, "Lanczos")
     for _ in range(min(num_iters, proc.dim)):
         if not proc.step():
@@ -316,6 +336,7 @@ def _extremal(
     limit = dim if max_iters is None else min(dim, int(max_iters))
     limit = max(limit, min(dim, k))
     proc = LanczosProcess(op, seed=seed, reorthogonalize=True)
+    expect_products(op, min(limit, EXTREMAL_PRODUCTS_GUESS + 4 * k))
     bar = _progress(limit, progress, f"Lanczos ({which})")
     converged = False
     errs = torch.full((k,), float("inf"), dtype=torch.float64)

@@ -90,6 +90,10 @@ PATHS = ("auto", "linearize", "graph")
 TRIAL_LOOKS = 3
 #: ... while its best so far is within this factor of the fastest path measured.
 TRIAL_SLOWER = 1.5
+#: With ``path="auto"``, an operator told that at least this many products will follow
+#: (:meth:`CurvatureOperator.expect_products`; Lanczos, SLQ and the trace estimators say so) runs
+#: its trial on the first product instead of renting the graph until its products pay for one.
+EARLY_TRIAL_PRODUCTS = 16
 
 #: Accepted loss reductions (``"none"`` has no scalar loss to take the curvature of).
 REDUCTIONS = ("mean", "sum")
@@ -544,12 +548,19 @@ class _Linearization:
         #: Number of aten calls in the tangent part (what every product runs).
         self.tangent_ops = sum(1 for n in self.tangent.graph.nodes if n.op == "call_function")
 
-    def build(self, inputs: Sequence[Tensor]) -> tuple[Any, ...]:
+    def build(self, inputs: Sequence[Tensor]) -> list[Any]:
         with torch.no_grad():
-            return tuple(self.primal(*inputs))
+            return list(self.primal(*inputs))
 
-    def apply(self, residuals: Sequence[Any], tangents: Sequence[Tensor]) -> list[Tensor]:
+    def apply(self, residuals: list[Any], tangents: Sequence[Tensor], free: bool = False) -> list[Tensor]:
+        """The tangent part for one vector. ``free``: this is the residuals' last use; the list
+        is emptied and each residual is released as soon as the pass no longer needs it (an
+        interpreter with the boxed calling convention), so the pass peaks lower."""
         with torch.no_grad():
+            if free:
+                args = [*residuals, *tangents]
+                residuals.clear()
+                return list(fx.Interpreter(self.tangent).boxed_run(args))
             return list(self.tangent(*residuals, *tangents))
 
 
@@ -717,32 +728,40 @@ class CurvatureOperator:
               (``create_graph``) is kept and every product is one more backward pass
               through it; the GGN keeps the network output's graph and runs :math:`Jv`
               by ``torch.func.jvp``.
-            * ``"auto"`` (default): starts on ``"graph"``, which costs nothing to set up.
-              Once its products have taken as long as the linearisation would take to
-              set up (the trace, estimated from the size of the autograd graph, plus one
-              primal pass per kept batch: the rule of renting skis until their price is
-              spent), it drops the kept graphs of the other batches, builds the
-              linearisation of the first batch, computes that batch's product both ways
-              (the graph's time the best of its earlier products and its product in the
-              trial, or, when that would make the graph win, the median of those two and one
-              more product; a candidate's the best of up to ``TRIAL_LOOKS`` applications,
-              since the first ones run cold; CPU time on the CPU, synchronised wall time on a
-              GPU),
-              checks that they agree (relative difference at most ``1e4`` float epsilons)
-              and keeps the faster (per product for kept batches, build plus product when
-              nothing is kept). The trace and the choice are remembered for the model,
-              loss, BatchNorm mode and batch shape for the rest of the process, so later
-              operators on new batches of the same size start on the winner. Models and
-              losses the tracer cannot handle (data-dependent control flow, inputs that
-              are not tensors, ops without forward-mode derivatives such as
-              ``HuberLoss``) stay on ``"graph"``. The same seed gives bit-identical
-              products on one path; a switch changes them at the level of float rounding.
+            * ``"auto"`` (default): runs a trial on the first batch and keeps the fastest
+              path. The trial comes on the first product when at least
+              ``EARLY_TRIAL_PRODUCTS`` products are announced (:meth:`expect_products`, which
+              :func:`lanczos`, :func:`slq_density`, the extremal eigensolvers and the trace
+              estimators call). Otherwise the operator starts on ``"graph"``, which costs
+              nothing to set up, and runs the trial once the graph's products have taken as
+              long as the linearisation would take to set up (the trace, estimated from the
+              size of the autograd graph, plus one primal pass per kept batch: the rule of
+              renting skis until their price is spent). The trial drops the kept state of the
+              other batches, builds the linearisation of the first batch, multiplies the
+              block's first vector both ways (the graph's time the best of its earlier
+              products and its product in the trial, or, when that would make the graph win,
+              the median of those and one more product; a candidate's the best of up to
+              ``TRIAL_LOOKS`` applications, since the first ones run cold; CPU time on the
+              CPU, synchronised wall time on a GPU), checks that they agree (relative
+              difference at most ``1e4`` float epsilons) and keeps the faster (per product
+              for kept batches, build plus product when nothing is kept); the block's other
+              vectors go on the winner. The trace and the choice are remembered for the
+              model, loss, BatchNorm mode and batch shape for the rest of the process, so
+              later operators on new batches of the same size start on the winner. Models
+              and losses the tracer cannot handle (data-dependent control flow, inputs that
+              are not tensors, ops without forward-mode derivatives such as ``HuberLoss``)
+              stay on ``"graph"``. The same seed gives bit-identical products on one path
+              and block mode (below); a switch changes them at the level of float rounding.
 
             Either way a block ``[k, P]`` is multiplied vector by vector or vectorised
-            (``vmap`` / ``is_grads_batched``), whichever the first block product on the path
-            that stays measured faster per vector; always vector by vector with
-            ``cache_bytes=0``, since a vectorised block holds the intermediate tensors of
-            ``k`` products at once. :attr:`path_in_use` and ``repr`` say which path runs and why.
+            (``vmap`` / ``is_grads_batched``), whichever measured faster per vector: after an
+            auto trial, the first block on the trial's batch is vectorised and compared with
+            the trial's single product (the other batches go vector by vector until then);
+            otherwise the first block on the path is computed both ways. Always vector by
+            vector with ``cache_bytes=0``, since a vectorised block holds the intermediate
+            tensors of ``k`` products at once; a state that is not kept is released tensor by
+            tensor during its last product. :attr:`path_in_use` and ``repr`` say which path
+            runs and why.
         channels_last: the linearised path runs on channels-last copies of the 4-D tensors (the
             images, 4-D weights and their tangents), often faster for convolutions; the
             products are the same. ``None`` (default): as given, except that the
@@ -867,7 +886,11 @@ class CurvatureOperator:
         self._graph_build_seconds: dict[int, float] = {}
         self._last_build_seconds = 0.0
         self._graph_product_seconds: dict[int, float] = {}
+        self._expected = 0
         self._block: dict[tuple[str, int], bool] = {}
+        # (path, batch) -> CPU seconds of one product on the kept state, measured by the trial: the
+        # looped side of the first block's looped-or-vectorised comparison on that batch
+        self._single_seconds: dict[tuple[str, int], float] = {}
         #: Per-vector seconds of the first block product, looped and vectorised, per path.
         self.block_timings: dict[str, tuple[float, float]] = {}
 
@@ -934,6 +957,16 @@ class CurvatureOperator:
     def path_in_use(self) -> str:
         """The path products run on now: ``"linearize"`` or ``"graph"``."""
         return self._active
+
+    def expect_products(self, n: int) -> None:
+        """Say that about ``n`` more single-vector products will follow (a block ``[k, P]``
+        counts ``k``). :func:`lanczos`, :func:`slq_density`, the extremal eigensolvers and the
+        trace estimators call this. With ``path="auto"``, once an announcement reaches
+        ``EARLY_TRIAL_PRODUCTS`` the trial runs on the next product instead of after the graph's
+        products have paid for it. It changes nothing else."""
+        if n < 0:
+            raise ValueError(f"the number of products to expect must be >= 0, got {n}")
+        self._expected = max(self._expected, int(n))
 
     # ---------------------------------------------------------- subclass hooks
     def _build(self, x: Any, y: Tensor) -> Any:
@@ -1065,7 +1098,8 @@ class CurvatureOperator:
                 return list(self.flatten(list(out)).unbind(0))
             except RuntimeError:
                 pass
-        return [self.flatten(lin.apply(residuals, [_layout(a, cl) for a in v])) for v in vs]
+        last = len(vs) - 1  # a state that is not kept is released during its last product
+        return [self.flatten(lin.apply(residuals, [_layout(a, cl) for a in v], free=not keep and j == last)) for j, v in enumerate(vs)]
 
     def _state_for(self, i: int, batch: Batch) -> tuple[str, Any, bool]:
         """``(path, state, kept)`` for batch ``i``: the cached state, or one built now on the
@@ -1099,6 +1133,21 @@ class CurvatureOperator:
         if batched is None and k > 1 and isinstance(batch[0], Tensor):
             memo_key = ("block", path, k, *self._memo_key(*self._to_device(batch)))
             batched = self._block[(path, k)] = self._recall(memo_key)
+        if batched is None and k > 1 and kept and any(p == path for p, _ in self._single_seconds):
+            # The trial timed one product on this path on its batch: the first block there is vectorised
+            # and compared with it; on the other batches, until then, vector by vector.
+            ref = self._single_seconds.get((path, i))
+            if ref is None:
+                return self._apply_state(path, state, vs, kept, False)
+            clock = _clock(self.device)
+            start = clock()
+            vectorised = self._apply_state(path, state, vs, kept, True)
+            per_vector = (clock() - start) / k
+            self.block_timings[path] = (ref, per_vector)
+            self._block[(path, k)] = per_vector < ref
+            if memo_key is not None:
+                self._remember(memo_key, self._block[(path, k)])
+            return vectorised
         if batched is not None or k == 1:
             if self._decided or not kept or path != "graph":
                 return self._apply_state(path, state, vs, kept, bool(batched))
@@ -1132,6 +1181,8 @@ class CurvatureOperator:
             if chosen is not None:
                 self._adopt(*chosen, "chosen earlier in this process for this model and batch shape")
                 return False
+        if self._expected >= EARLY_TRIAL_PRODUCTS:
+            return True
         rebuild = sum(t for j, t in self._graph_build_seconds.items() if self._cache.get(j, ("",))[0] == "graph")
         return self._spent >= self._trace_estimate(x, y) + rebuild
 
@@ -1146,9 +1197,13 @@ class CurvatureOperator:
             self._no_cache.clear()
 
     def _trial(self, i: int, batch: Batch, vs: list[list[Tensor]]) -> list[Tensor]:
-        """Batch ``i``'s products on every path, timed; keep the fastest (see ``path="auto"``)."""
+        """Batch ``i``'s products on every path, timed; keep the fastest (see ``path="auto"``).
+
+        Every path multiplies the block's first vector (its timing and the check that the paths
+        agree); the path kept multiplies the others."""
         x, y = self._to_device(batch)
         k = len(vs)
+        first = vs[:1]
         layouts = self._layouts(x)
         keep = self.cache_bytes > 0 and i not in self._no_cache
         for j in [j for j in self._cache if j != i]:  # room for the trial: at most one batch held twice
@@ -1156,13 +1211,19 @@ class CurvatureOperator:
             self._cache_sizes.pop(j, None)
         self._no_cache.clear()
         clock = _clock(self.device)
-        kept_graph = keep and i in self._cache and self._cache[i][0] == "graph"
-        t0 = clock()
-        g_state = self._cache[i][1] if kept_graph else self._build_state("graph", x, y, measure=False)[0]
-        g_build = 0.0 if kept_graph else clock() - t0
+        if keep and i not in self._cache:  # announced products: the trial comes first, the graph is kept
+            t0 = clock()
+            _, g_state, kept_graph = self._state_for(i, batch)
+            g_build = clock() - t0
+            keep = kept_graph
+        else:
+            kept_graph = keep and i in self._cache and self._cache[i][0] == "graph"
+            t0 = clock()
+            g_state = self._cache[i][1] if kept_graph else self._build_state("graph", x, y, measure=False)[0]
+            g_build = 0.0 if kept_graph else clock() - t0
         t = clock()
-        g_res = self._apply_state("graph", g_state, vs, keep, False)  # not kept: this frees the graph
-        g_first = (clock() - t) / k
+        g_res = self._apply_state("graph", g_state, first, kept_graph, False)[0]  # not kept: this frees the graph
+        g_first = clock() - t
         g_prod = min(g_first, self._graph_product_seconds.get(i, math.inf))  # with earlier products
         del g_state
         candidates, failures, fastest = [], [], g_prod
@@ -1178,17 +1239,16 @@ class CurvatureOperator:
             state, nbytes = self._build_state("linearize", x, y, measure=keep, cl=cl)
             build = clock() - t1
             t = clock()
-            res = self._apply_state("linearize", state, vs, True, False)
-            product = (clock() - t) / k
+            res = self._apply_state("linearize", state, first, True, False)[0]
+            product = clock() - t
             # The first applications of a new state run cold (fresh memory), while the graph's figure is the
-            # best of its warm products so far: look again while the candidate is not clearly faster yet.
-            # The later looks multiply the first vector only: the products are deterministic, so the
-            # first look's results stand.
+            # best of its warm products so far: look again while the candidate is not clearly faster yet
+            # (the products are deterministic, so the first look's result stands).
             for _ in range(TRIAL_LOOKS - 1):
                 if not (fastest / 1.2 <= product < TRIAL_SLOWER * fastest):
                     break
                 t = clock()
-                self._apply_state("linearize", state, vs[:1], True, False)
+                self._apply_state("linearize", state, first, True, False)
                 product = min(product, clock() - t)
             if not keep or product >= fastest:  # hold at most one candidate's state
                 state = None
@@ -1200,24 +1260,24 @@ class CurvatureOperator:
                                "build": build, "product": product})
         if not candidates:
             self._adopt("graph", False, f"cannot linearise: {', '.join(sorted(set(failures)))}")
-            return g_res
+            return [g_res, *self._rest(i, batch, vs, None)]
         if kept_graph and g_prod <= min(c["product"] for c in candidates):
             # The graph would stay on its best time so far, a single sample that a hiccup of the clock can
-            # make look far too fast: time it once more and take the median of its three figures.
+            # make look far too fast: time it once more and take the median of its figures.
             t = clock()
-            self._apply_state("graph", self._cache[i][1], vs[:1], True, False)
+            self._apply_state("graph", self._cache[i][1], first, True, False)
             looks = [clock() - t, g_first]
             if i in self._graph_product_seconds:
                 looks.append(self._graph_product_seconds[i])
             g_prod = statistics.median(looks)
-        scale = max(max(float(r.norm()) for r in g_res), torch.finfo(self.dtype).tiny)
+        scale = max(float(g_res.norm()), torch.finfo(self.dtype).tiny)
         tol = max(1e4 * torch.finfo(self.dtype).eps, 1e-10)
         timings = {"graph_build": g_build, "graph_product": g_prod, "trace": 0.0, "relative_difference": 0.0}
         best = ("graph", False, g_prod if kept_graph else g_prod + g_build / k, None)
         old = self._cache_sizes.get(i, 0) if i in self._cache else 0
         for c in candidates:
             name = "linearize_channels_last" if c["cl"] else "linearize"
-            diff = max(float((a - b).norm()) for a, b in zip(c["res"], g_res)) / scale
+            diff = float((c["res"] - g_res).norm()) / scale
             timings.update({f"{name}_build": c["build"], f"{name}_product": c["product"]})
             timings["trace"] += c["trace"]
             timings["relative_difference"] = max(timings["relative_difference"], diff)
@@ -1241,11 +1301,24 @@ class CurvatureOperator:
         self._remember(("path", self.cache_bytes > 0, self._cl if self._cl_fixed else None, *self._memo_key(x, y)), (path, cl))
         self._adopt(path, cl, why)
         if chosen is None:
-            return g_res
+            if kept_graph:
+                self._single_seconds[("graph", i)] = g_prod
+            return [g_res, *self._rest(i, batch, vs, None)]
         if chosen["fits"]:
             self._cache[i] = ("linearize", chosen["state"])
             self._cache_sizes[i] = chosen["bytes"]
-        return chosen["res"]
+            self._single_seconds[("linearize", i)] = chosen["product"]
+        return [chosen["res"], *self._rest(i, batch, vs, chosen["state"])]
+
+    def _rest(self, i: int, batch: Batch, vs: list[list[Tensor]], state: Any) -> list[Tensor]:
+        """After the trial: the products of the block's other vectors on the path kept, on the
+        candidate's ``state`` if it is still held, else on the cached or a rebuilt state."""
+        if len(vs) < 2:
+            return []
+        if state is not None:
+            return self._apply_state("linearize", state, vs[1:], True, False)
+        path, state, kept = self._state_for(i, batch)
+        return self._apply_state(path, state, vs[1:], kept, False)
 
     # ------------------------------------------------------------------ products
     def _matmat(self, V: Tensor) -> Tensor:

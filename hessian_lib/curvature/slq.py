@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hessian_lib.curvature.lanczos import LanczosProcess, LanczosResult, LinearOperator, _progress, lanczos
+from hessian_lib.curvature.lanczos import LanczosProcess, LanczosResult, LinearOperator, _progress, expect_products, lanczos
 
 __all__ = ["SLQResult", "gaussian_density", "slq_density"]
 
@@ -85,7 +85,7 @@ def _lockstep(
     """Independent Lanczos runs from the start vectors of ``seeds``, advanced together: each
     step multiplies the runs' current vectors as one block ``[k, P]`` (one pass over the
     data; the operator loops or vectorises inside, whichever it measured faster)."""
-    procs = [LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize) for s in seeds]
+    procs = [LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize, capacity=num_iters) for s in seeds]
     for _ in range(min(num_iters, procs[0].dim)):
         active = [p for p in procs if p.can_step()]
         if not active:
@@ -141,6 +141,7 @@ def slq_density(
     if block is None:
         block = bool(getattr(op, "accepts_blocks", False))
     seeds = [seed + p for p in range(num_probes)]
+    expect_products(op, num_probes * min(num_iters, int(op.dim)))
     if block and num_probes > 1:
         bar = _progress(min(num_iters, int(op.dim)), progress, "SLQ steps")
         runs = _lockstep(op, num_iters, seeds, reorthogonalize, bar)

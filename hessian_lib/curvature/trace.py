@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hessian_lib.curvature.lanczos import LinearOperator, _progress
+from hessian_lib.curvature.lanczos import LinearOperator, _progress, expect_products
 
 __all__ = ["TraceEstimate", "hutchinson_trace", "hutchpp_trace"]
 
@@ -71,6 +71,7 @@ def hutchinson_trace(
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
     gen = torch.Generator().manual_seed(int(seed))
     Z = _rademacher(num_probes, op.dim, gen)
+    expect_products(op, num_probes)
     bar = _progress(num_probes, progress, "Hutchinson")
     AZ = _products(op, Z, block_size, bar)
     if bar is not None:
@@ -98,6 +99,7 @@ def hutchpp_trace(
     gen = torch.Generator().manual_seed(int(seed))
     S = _rademacher(s, op.dim, gen)
     G = _rademacher(n_rest, op.dim, gen)
+    expect_products(op, 2 * s + n_rest)
     bar = _progress(num_products, progress, "Hutch++")
     AS = _products(op, S, block_size, bar)
     Q, _ = torch.linalg.qr(AS.T)  # [P, s]
