@@ -887,6 +887,7 @@ class CurvatureOperator:
         self._last_build_seconds = 0.0
         self._graph_product_seconds: dict[int, float] = {}
         self._expected = 0
+        self._early = False
         self._block: dict[tuple[str, int], bool] = {}
         # (path, batch) -> CPU seconds of one product on the kept state, measured by the trial: the
         # looped side of the first block's looped-or-vectorised comparison on that batch
@@ -1181,10 +1182,11 @@ class CurvatureOperator:
             if chosen is not None:
                 self._adopt(*chosen, "chosen earlier in this process for this model and batch shape")
                 return False
-        if self._expected >= EARLY_TRIAL_PRODUCTS:
-            return True
         rebuild = sum(t for j, t in self._graph_build_seconds.items() if self._cache.get(j, ("",))[0] == "graph")
-        return self._spent >= self._trace_estimate(x, y) + rebuild
+        if self._spent >= self._trace_estimate(x, y) + rebuild:
+            return True
+        self._early = self._expected >= EARLY_TRIAL_PRODUCTS  # announced: the trial checks first that it pays
+        return self._early
 
     def _adopt(self, path: str, cl: bool, why: str) -> None:
         self._decided = True
@@ -1206,10 +1208,6 @@ class CurvatureOperator:
         first = vs[:1]
         layouts = self._layouts(x)
         keep = self.cache_bytes > 0 and i not in self._no_cache
-        for j in [j for j in self._cache if j != i]:  # room for the trial: at most one batch held twice
-            del self._cache[j]
-            self._cache_sizes.pop(j, None)
-        self._no_cache.clear()
         clock = _clock(self.device)
         if keep and i not in self._cache:  # announced products: the trial comes first, the graph is kept
             t0 = clock()
@@ -1221,11 +1219,25 @@ class CurvatureOperator:
             t0 = clock()
             g_state = self._cache[i][1] if kept_graph else self._build_state("graph", x, y, measure=False)[0]
             g_build = 0.0 if kept_graph else clock() - t0
-        t = clock()
+        t, wall = clock(), time.perf_counter()
         g_res = self._apply_state("graph", g_state, first, kept_graph, False)[0]  # not kept: this frees the graph
-        g_first = clock() - t
+        g_first, wall = clock() - t, time.perf_counter() - wall
         g_prod = min(g_first, self._graph_product_seconds.get(i, math.inf))  # with earlier products
         del g_state
+        if self._early:
+            # Announced products: go on only if the graph's products over the whole announced run would cost
+            # more than the set-up the rental rule waits for (renting skis for a known number of days).
+            self._early = False
+            horizon = wall * self._expected * self.local_num_samples / max(_batch_size(batch), 1)
+            if horizon < self._trace_estimate(x, y):
+                self._expected = 0
+                self._graph_product_seconds[i] = g_prod
+                self._why = "undecided: the products announced would not pay for a trial yet"
+                return [g_res, *self._rest(i, batch, vs, None)]
+        for j in [j for j in self._cache if j != i]:  # room for the trial: at most one batch held twice
+            del self._cache[j]
+            self._cache_sizes.pop(j, None)
+        self._no_cache.clear()
         candidates, failures, fastest = [], [], g_prod
         for cl in layouts:
             try:
