@@ -16,7 +16,9 @@ from hessian_lib.curvature import (
     HessianOperator,
     MatrixOperator,
     batch_operator,
+    LanczosProcess,
     bottom_eigenvalues,
+    default_basis_dtype,
     dense_ggn,
     dense_hessian,
     dense_matrix,
@@ -220,6 +222,51 @@ def test_lanczos_full_run_has_no_ghosts(cnn_problem):
     assert torch.allclose(torch.linalg.eigvalsh(res.tridiagonal()), res.ritz_values)
 
 
+def test_lanczos_basis_is_kept_in_the_products_precision(cnn_problem):
+    """A float32 operator gets a float32 basis (half the memory), a float64 one float64; the Ritz
+    values agree with a float64 basis to the products' rounding."""
+    model, data, H, ev = cnn_problem
+    op = HessianOperator(model, LOSS, data)
+    assert default_basis_dtype(op) == torch.float32
+    assert default_basis_dtype(MatrixOperator(H)) == torch.float64
+    assert default_basis_dtype(object()) == torch.float64
+    assert LanczosProcess(op).dtype == torch.float32 and LanczosProcess(MatrixOperator(H)).dtype == torch.float64
+    runs = {dt: lanczos(op, 30, seed=2, basis_dtype=dt, return_vectors=True) for dt in (torch.float32, torch.float64)}
+    scale = float(ev.abs().max())
+    assert float((runs[torch.float32].ritz_values - runs[torch.float64].ritz_values).abs().max()) < 1e-5 * scale
+    assert runs[torch.float32].ritz_vectors.dtype == torch.float64
+    dens = [slq_density(op, 12, 2, seed=0, basis_dtype=dt).density for dt in (torch.float32, torch.float64)]
+    torch.testing.assert_close(dens[0], dens[1], rtol=1e-4, atol=1e-5 * float(dens[1].max()))
+    with pytest.raises(ValueError, match="basis dtype"):
+        LanczosProcess(op, basis_dtype=torch.float16)
+
+
+class _Diagonal:
+    """A float32 diagonal operator of large dimension (known eigenvalues, cheap products)."""
+
+    def __init__(self, d: torch.Tensor) -> None:
+        self.d, self.dim, self.device, self.dtype = d, d.numel(), d.device, d.dtype
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.d * v.to(self.dtype)
+
+
+def test_float32_basis_stays_orthogonal_at_a_million_parameters():
+    """Projections onto a float32 basis accumulate in float64: a float32 dot product over 1e6
+    entries would leave the basis about 2e-4 from orthogonal and the top eigenvalue ~1e-4 off."""
+    d = torch.rand(1_000_000, generator=torch.Generator().manual_seed(0))
+    d[:5] = torch.tensor([5.0, 8.0, 12.0, 20.0, 40.0])
+    proc = LanczosProcess(_Diagonal(d), seed=1, capacity=40)
+    for _ in range(40):
+        proc.step()
+    Q = proc._basis[:40].double()
+    assert proc._basis.dtype == torch.float32
+    assert float((Q @ Q.T - torch.eye(40, dtype=torch.float64)).abs().max()) < 1e-6
+    top = proc.result().ritz_values[-3:]
+    exact = torch.tensor([12.0, 20.0, 40.0], dtype=torch.float64)
+    assert float(((top - exact).abs() / exact).max()) < 1e-6
+
+
 def test_slq_density_and_moments(cnn_problem):
     model, data, H, ev = cnn_problem
     op = HessianOperator(model, LOSS, data)
@@ -235,6 +282,49 @@ def test_slq_density_and_moments(cnn_problem):
     grid = torch.linspace(float(ev.min()) - 1, float(ev.max()) + 1, 4001, dtype=torch.float64)
     res2 = slq_density(op, 20, 2, seed=0, grid=grid, sigma=0.05)
     assert abs(float(torch.trapezoid(res2.density, grid)) - 1) < 1e-3
+
+
+class _Spy:
+    """Forwards to an operator and records the shape of every product asked of it."""
+
+    def __init__(self, op: HessianOperator) -> None:
+        self.op, self.dim, self.device, self.dtype, self.accepts_blocks = op, op.dim, op.device, op.dtype, True
+        self.shapes: list[tuple[int, ...]] = []
+
+    def expect_products(self, n: int) -> None:
+        self.op.expect_products(n)
+
+    def blocks_pay(self, k: int) -> bool:
+        return self.op.blocks_pay(k)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(v.shape))
+        return self.op.matvec(v)
+
+
+@pytest.mark.parametrize("cache_bytes,expect", [(None, "switch"), (0, "single"), (1, "blocks")])
+def test_slq_runs_probes_in_lockstep_only_while_blocks_pay(cache_bytes, expect):
+    """Default cache: every state is kept and a looped block costs two products, so after the
+    block timing the probes finish one after the other (one basis at a time). cache_bytes=0
+    (least memory): one after the other from the start. A cache too small to keep any state:
+    each block builds a batch's state once for both probes, so lockstep throughout."""
+    model = _cnn()
+    x, y = _data("cnn")
+    kw = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    spy = _Spy(HessianOperator(model, LOSS, _split(x, y, [9]), path="linearize", **kw))
+    res = slq_density(spy, 8, 2, seed=3)
+    blocks = sum(len(s) == 2 for s in spy.shapes)
+    assert spy.op.num_products == 16 == blocks * 2 + (len(spy.shapes) - blocks)
+    assert all(len(s) == 2 for s in spy.shapes[:blocks])  # blocks first, then single products
+    if expect == "switch":
+        assert 1 <= blocks <= 2 and not spy.op.blocks_pay(2)
+    elif expect == "single":
+        assert blocks == 0
+    else:
+        assert blocks == 8
+    ref = slq_density(HessianOperator(model, LOSS, _split(x, y, [9]), path="linearize"), 8, 2, seed=3, block=False)
+    for a, b in zip(res.ritz_values, ref.ritz_values):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
 
 
 def test_trace_estimators_within_stated_error(cnn_problem):

@@ -7,10 +7,15 @@ Its eigenvalues are the Ritz values :math:`\theta_k`; the squared first componen
 its eigenvectors, :math:`\gamma_k = s_{1k}^2`, are the Ritz weights (the Gauss quadrature
 weights of the spectral measure seen from :math:`q_1`, summing to 1).
 
-Products run in the operator's dtype (float32 typically); the recurrence, the basis and
-the re-orthogonalisation are float64. With ``reorthogonalize=True`` (default) every new
-vector is orthogonalised twice against the whole basis (classical Gram-Schmidt, twice),
-which removes the "ghost" copies of converged eigenvalues of plain Lanczos.
+Products run in the operator's dtype (float32 typically). The basis is stored in the
+products' precision, at least float32 (:func:`default_basis_dtype`): a product only ever sees its
+input rounded to that dtype, so a float64 basis would carry digits the products cannot use,
+at twice the memory (100 steps of WRN-28-10 hold 14.6 GB in float32). The recurrence
+coefficients, the vector being orthogonalised and the tridiagonal problem are float64.
+With ``reorthogonalize=True`` (default) every new vector is orthogonalised twice against
+the whole basis (classical Gram-Schmidt, twice), which removes the "ghost" copies of
+converged eigenvalues of plain Lanczos and keeps the basis orthogonal to the basis dtype's
+rounding level.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ __all__ = [
     "LanczosProcess",
     "LanczosResult",
     "MatrixOperator",
+    "default_basis_dtype",
     "bottom_eigenvalues",
     "expect_products",
     "lanczos",
@@ -57,6 +63,7 @@ class MatrixOperator:
         self.matrix = matrix
         self.dim = int(matrix.shape[0])
         self.device = matrix.device
+        self.dtype = matrix.dtype
 
     def matvec(self, v: Tensor) -> Tensor:
         return self.matrix @ v.to(self.matrix.dtype)
@@ -68,6 +75,15 @@ def expect_products(op: object, n: int) -> None:
     hint = getattr(op, "expect_products", None)
     if callable(hint):
         hint(int(n))
+
+
+def default_basis_dtype(op: object) -> torch.dtype:
+    """The dtype in which Lanczos stores ``op``'s basis: float64 when ``op.dtype`` is float64 (or
+    unknown), else float32 (the products of float32, float16 or bfloat16 operators)."""
+    dtype = getattr(op, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype != torch.float64:
+        return torch.float32
+    return torch.float64
 
 
 def start_vector(dim: int, seed: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
@@ -108,12 +124,32 @@ class LanczosResult:
         return torch.diag(self.alphas) + torch.diag(self.betas, 1) + torch.diag(self.betas, -1)
 
 
+#: Entries of a float32 basis converted to float64 at a time by :func:`_coefficients` (16 MiB).
+COEFFICIENT_CHUNK_ENTRIES = 1 << 21
+
+
+def _coefficients(Q: Tensor, w: Tensor) -> Tensor:
+    """``Q @ w`` (``[m, P] @ [P] -> [m]``, float64) accumulated in float64 for a float32 ``Q``,
+    converted in column chunks of about :data:`COEFFICIENT_CHUNK_ENTRIES` entries. A float32
+    dot product over P entries carries an error of about ``eps * sqrt(P)`` relative (1e-4 for
+    P = 4e6), which would leave the basis that far from orthogonal."""
+    if Q.dtype == torch.float64:
+        return Q @ w
+    m, dim = Q.shape
+    step = max(1024, COEFFICIENT_CHUNK_ENTRIES // max(m, 1))
+    c = torch.zeros(m, dtype=torch.float64, device=w.device)
+    for j in range(0, dim, step):
+        c += Q[:, j : j + step].to(torch.float64) @ w[j : j + step]
+    return c
+
+
 class LanczosProcess:
     """A Lanczos recurrence that can be extended step by step (used by :func:`lanczos` and
-    the eigenvalue solvers). Keeps the float64 basis ``[m, P]`` when ``reorthogonalize`` or
-    ``keep_basis`` is set, else only the last two vectors. ``capacity``: the number of steps
-    expected, allocated at once (the basis otherwise doubles as it grows, holding the old and
-    the new copy for a moment)."""
+    the eigenvalue solvers). Keeps the basis ``[m, P]`` (in ``basis_dtype``, default
+    :func:`default_basis_dtype` of ``op``) when ``reorthogonalize`` or ``keep_basis`` is set, else only
+    the last two vectors. ``capacity``: the number of steps expected, allocated at once at the
+    first step (the basis otherwise doubles as it grows, holding the old and the new copy for
+    a moment)."""
 
     def __init__(
         self,
@@ -125,10 +161,14 @@ class LanczosProcess:
         keep_basis: bool = False,
         breakdown_tol: float = 1e-10,
         capacity: int | None = None,
+        basis_dtype: torch.dtype | None = None,
     ) -> None:
         self.op = op
         self.dim = int(op.dim)
         self.device = torch.device(op.device)
+        self.dtype = default_basis_dtype(op) if basis_dtype is None else basis_dtype
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the basis dtype must be torch.float32 or torch.float64, got {self.dtype}")
         if v0 is None:
             q = start_vector(self.dim, seed, device=self.device)
         else:
@@ -139,11 +179,12 @@ class LanczosProcess:
             if not torch.isfinite(nrm) or nrm == 0:
                 raise ValueError("v0 must be a finite non-zero vector")
             q = q / nrm
+        q = q.to(self.dtype)
         self.reorthogonalize = reorthogonalize
         self.keep_basis = keep_basis or reorthogonalize
         self.breakdown_tol = breakdown_tol
-        rows = min(self.dim, capacity) if capacity is not None and self.keep_basis else 0
-        self._basis = torch.empty(rows, self.dim, dtype=torch.float64, device=self.device)
+        self._capacity = min(self.dim, capacity) if capacity is not None else 0
+        self._basis = torch.empty(0, self.dim, dtype=self.dtype, device=self.device)  # allocated at the first step
         self._q = q
         self._q_prev: Tensor | None = None
         self.alphas: list[float] = []
@@ -161,18 +202,23 @@ class LanczosProcess:
         cap = self._basis.shape[0]
         m = len(self.alphas)
         if m >= cap:
-            new_cap = min(self.dim, max(8, 2 * cap))
-            nb = torch.empty(new_cap, self.dim, dtype=torch.float64, device=self.device)
+            new_cap = min(self.dim, max(8, 2 * cap, self._capacity))
+            nb = torch.empty(new_cap, self.dim, dtype=self.dtype, device=self.device)
             nb[:cap] = self._basis
             self._basis = nb
         self._basis[m] = q
+
+    def trim(self) -> None:
+        """Release the basis rows allocated but not used yet (they are allocated again, at the
+        capacity asked for, at the next step): for a run that waits while others go on."""
+        self._basis = self._basis[: len(self.alphas)].clone()
 
     def can_step(self) -> bool:
         """Whether another step is possible (no breakdown yet and ``m < P``)."""
         return not self.breakdown and len(self.alphas) < self.dim
 
     def current(self) -> Tensor:
-        """The unit vector :math:`q_{m+1}` (float64) whose product the next step needs."""
+        """The unit vector :math:`q_{m+1}` (in the basis dtype) whose product the next step needs."""
         return self._q
 
     def step(self) -> bool:
@@ -193,15 +239,16 @@ class LanczosProcess:
         q = self._q
         if self.keep_basis:
             self._grow(q)
+        # w is float64 (in place below); q, q_prev and the basis are in the basis dtype
         w = w.to(device=self.device, dtype=torch.float64)
-        alpha = float(torch.dot(w, q))
+        alpha = float(torch.dot(w, q.to(torch.float64)))
         w.sub_(q, alpha=alpha)
         if m > 0 and self._q_prev is not None:
             w.sub_(self._q_prev, alpha=self.betas[-1])
         if self.reorthogonalize:
             Q = self._basis[: m + 1]
             for _ in range(2):
-                w.sub_(Q.T @ (Q @ w))
+                w.sub_(Q.T @ _coefficients(Q, w).to(self.dtype))
         beta = float(w.norm())
         self.alphas.append(alpha)
         self._scale = max(self._scale, abs(alpha), beta)
@@ -210,9 +257,9 @@ class LanczosProcess:
             self.breakdown = beta <= self.breakdown_tol * max(self._scale, 1e-300)
             if self.breakdown:
                 self.betas[-1] = 0.0
-            self._q_prev, self._q = q, w / beta if beta > 0 else w
+            self._q_prev, self._q = q, (w / beta if beta > 0 else w).to(self.dtype)
             return
-        self._q_prev, self._q = q, w / beta
+        self._q_prev, self._q = q, (w / beta).to(self.dtype)
 
     def tridiagonal_eig(self) -> tuple[Tensor, Tensor]:
         """Eigen-decomposition ``(theta [m] ascending, S [m, m])`` of :math:`T_m` (float64, CPU)."""
@@ -231,7 +278,7 @@ class LanczosProcess:
         if return_vectors:
             if not self.keep_basis:
                 raise ValueError("Ritz vectors need the basis: use reorthogonalize=True or keep_basis=True")
-            vecs = S.T.to(self.device) @ self._basis[:m]
+            vecs = (S.T.to(device=self.device, dtype=self.dtype) @ self._basis[:m]).to(torch.float64)
         return LanczosResult(
             alphas=torch.tensor(self.alphas, dtype=torch.float64),
             betas=torch.tensor(self.betas[:-1], dtype=torch.float64),
@@ -261,6 +308,7 @@ def lanczos(
     reorthogonalize: bool = True,
     return_vectors: bool = False,
     progress: bool = False,
+    basis_dtype: torch.dtype | None = None,
 ) -> LanczosResult:
     r"""Run ``num_iters`` Lanczos steps on ``op`` from a unit Gaussian start vector.
 
@@ -275,13 +323,17 @@ def lanczos(
             duplicate ("ghost") Ritz values once eigenvalues converge.
         return_vectors: also return the Ritz vectors ``[m, P]``.
         progress: show a tqdm progress bar.
+        basis_dtype: dtype of the stored basis (default :func:`default_basis_dtype`: float32
+            for float32 operators, float64 for float64 ones).
 
     Returns:
         :class:`LanczosResult` (tridiagonal coefficients, Ritz values and weights).
     """
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    proc = LanczosProcess(op, seed=seed, v0=v0, reorthogonalize=reorthogonalize, keep_basis=return_vectors, capacity=num_iters)
+    proc = LanczosProcess(
+        op, seed=seed, v0=v0, reorthogonalize=reorthogonalize, keep_basis=return_vectors, capacity=num_iters, basis_dtype=basis_dtype
+    )
     expect_products(op, min(num_iters, proc.dim))
     bar = _progress(min(num_iters, proc.dim), progress, "Lanczos")
     for _ in range(min(num_iters, proc.dim)):
@@ -327,6 +379,7 @@ def _extremal(
     return_eigenvectors: bool,
     check_every: int,
     progress: bool,
+    basis_dtype: torch.dtype | None,
 ) -> EigenResult:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -335,7 +388,7 @@ def _extremal(
         raise ValueError(f"k={k} exceeds the operator dimension {dim}")
     limit = dim if max_iters is None else min(dim, int(max_iters))
     limit = max(limit, min(dim, k))
-    proc = LanczosProcess(op, seed=seed, reorthogonalize=True)
+    proc = LanczosProcess(op, seed=seed, reorthogonalize=True, basis_dtype=basis_dtype)
     expect_products(op, min(limit, EXTREMAL_PRODUCTS_GUESS + 4 * k))
     bar = _progress(limit, progress, f"Lanczos ({which})")
     converged = False
@@ -395,6 +448,7 @@ def top_eigenvalues(
     return_eigenvectors: bool = False,
     check_every: int = 2,
     progress: bool = False,
+    basis_dtype: torch.dtype | None = None,
 ) -> EigenResult:
     r"""The ``k`` algebraically largest eigenvalues (largest first) by Lanczos with full
     re-orthogonalisation, stopped when every one of them has an a-posteriori error bound
@@ -402,9 +456,10 @@ def top_eigenvalues(
     or after ``max_iters`` products (then ``converged`` is ``False``).
 
     Lanczos finds one copy of a repeated eigenvalue per start vector; the spectra of
-    trained networks have distinct outliers, for which this is exact.
+    trained networks have distinct outliers, for which this is exact. ``basis_dtype`` as in
+    :func:`lanczos`.
     """
-    return _extremal(op, k, "top", tol, max_iters, seed, return_eigenvectors, check_every, progress)
+    return _extremal(op, k, "top", tol, max_iters, seed, return_eigenvectors, check_every, progress, basis_dtype)
 
 
 def bottom_eigenvalues(
@@ -417,7 +472,8 @@ def bottom_eigenvalues(
     return_eigenvectors: bool = False,
     check_every: int = 2,
     progress: bool = False,
+    basis_dtype: torch.dtype | None = None,
 ) -> EigenResult:
     """The ``k`` algebraically smallest eigenvalues (most negative curvature first); same
     stopping rule as :func:`top_eigenvalues`."""
-    return _extremal(op, k, "bottom", tol, max_iters, seed, return_eigenvectors, check_every, progress)
+    return _extremal(op, k, "bottom", tol, max_iters, seed, return_eigenvectors, check_every, progress, basis_dtype)

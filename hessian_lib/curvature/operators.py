@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import math
 import operator
@@ -632,17 +633,19 @@ def _layout(t: Any, channels_last: bool) -> Any:
     return t
 
 
-def _graph_walk(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> tuple[int, int]:
+def _graph_walk(tensors: Iterable[Any], exclude: Iterable[Tensor] = (), saved: bool = True) -> tuple[int, int]:
     r"""``(nodes, bytes)`` of the autograd graph behind ``tensors``: its number of nodes and the
     bytes of the distinct storages it saved for backward (and of ``tensors`` themselves), not
-    counting those of ``exclude``.
+    counting those of ``exclude``. ``saved=False``: the nodes only (bytes 0).
 
     The saved tensors are read from the nodes' ``_saved_*`` attributes (``saved_tensors`` for
-    custom ``autograd.Function``\ s) after the graph is built. A ``saved_tensors_hooks`` pack
-    hook that returns its tensor would see them as they are saved, but it makes every op that
-    saves its own output (ReLU, max-pool, softmax) hold a reference to itself through its
-    ``grad_fn``: a cycle through C++ that Python's collector cannot free, so every measured
-    graph would stay in memory for the rest of the process.
+    custom ``autograd.Function``\ s) after the graph is built. Reading a saved *output* (ReLU's
+    result, max-pool's indices) ties the tensor to a reference cycle that only Python's cyclic
+    collector frees: such a graph outlives its last product until the next full collection, so
+    an operator runs one (:meth:`CurvatureOperator._collect`) when it drops a graph it measured.
+    A ``saved_tensors_hooks`` pack hook that returns its tensor would see them as they are
+    saved, but it makes every op that saves its own output hold a reference to itself through
+    its ``grad_fn``: a cycle through C++ that the collector cannot free at all.
     """
     found: list[Tensor] = []
 
@@ -664,7 +667,7 @@ def _graph_walk(tensors: Iterable[Any], exclude: Iterable[Tensor] = ()) -> tuple
         if f is None or f in seen:
             continue
         seen.add(f)
-        for name in dir(f):
+        for name in dir(f) if saved else ():
             if name.startswith("_saved_") or name == "saved_tensors":
                 try:
                     note(getattr(f, name))
@@ -709,8 +712,10 @@ class CurvatureOperator:
         cache_bytes: memory budget in bytes for per-batch state kept between products
             (the linearisation's residuals or the first-order autograd graph: saved
             activations). Batches whose state fits are built once and reused by every later
-            product (Lanczos, SLQ, trace); the rest are recomputed each time. ``0``
-            disables caching, and then blocks are multiplied vector by vector. The state of a
+            product (Lanczos, SLQ, trace); the rest are recomputed each time. ``0`` asks for
+            the least memory: nothing is kept, blocks are multiplied vector by vector, and SLQ
+            runs its probes one after the other (one Lanczos basis at a time, see
+            :meth:`blocks_pay`). The state of a
             batch is measured when it is first built (:attr:`cache_nbytes`). While the
             ``path="auto"`` trial runs, the first batch is briefly held on two paths at once
             and the other batches are dropped and rebuilt afterwards.
@@ -897,6 +902,7 @@ class CurvatureOperator:
 
         self._cache: dict[int, tuple[str, Any]] = {}
         self._cache_sizes: dict[int, int] = {}
+        self._garbage = False  # a measured graph was dropped: see _collect
         self._no_cache: set[int] = set()
         #: Number of products with a single vector computed so far.
         self.num_products: int = 0
@@ -950,9 +956,23 @@ class CurvatureOperator:
     def clear_cache(self) -> None:
         """Drop every cached per-batch state (call after the weights change). The path chosen
         and the traces stay: they do not depend on the weights."""
-        self._cache.clear()
-        self._cache_sizes.clear()
+        for j in list(self._cache):
+            self._drop(j)
         self._no_cache.clear()
+        self._collect()
+
+    def _drop(self, j: int) -> None:
+        """Forget batch ``j``'s cached state (a measured graph: collect before the next product)."""
+        path, _ = self._cache.pop(j)
+        self._cache_sizes.pop(j, None)
+        self._garbage = self._garbage or path == "graph"
+
+    def _collect(self) -> None:
+        """A full collection when a measured graph was dropped since the last one (see
+        :func:`_graph_walk`): otherwise its saved outputs stay in memory until Python runs one."""
+        if self._garbage:
+            self._garbage = False
+            gc.collect()
 
     @property
     def path_in_use(self) -> str:
@@ -968,6 +988,23 @@ class CurvatureOperator:
         if n < 0:
             raise ValueError(f"the number of products to expect must be >= 0, got {n}")
         self._expected = max(self._expected, int(n))
+
+    def blocks_pay(self, k: int) -> bool:
+        """Whether a block of ``k`` vectors costs less now than ``k`` single products (SLQ runs its
+        probes in lockstep while it does, each probe holding its Lanczos basis): while the path or
+        the block timing on it is still to be measured, when a vectorised block was measured faster,
+        or when some batch's state is built anew for every product (one build then serves the
+        block). Never with ``cache_bytes=0``, which asks for the least memory. The same answer on
+        every process under ``torch.distributed``."""
+        if k < 2 or self.cache_bytes == 0:
+            pays = False
+        else:
+            batched = self._block.get((self._active, k)) if self._decided else None
+            rebuilt = any(w != 0 and i not in self._cache for i, w in enumerate(self.batch_weights))
+            pays = batched is None or batched or rebuilt
+        if self._distributed:
+            pays = self._all_reduce_sum([float(pays)])[0] > 0
+        return bool(pays)
 
     # ---------------------------------------------------------- subclass hooks
     def _build(self, x: Any, y: Tensor) -> Any:
@@ -1079,7 +1116,7 @@ class CurvatureOperator:
         nbytes = 0
         if measure or not self._graph_nodes:
             tensors = state if isinstance(state, (tuple, list)) else [state]
-            nodes, nbytes = _graph_walk(tensors, exclude=[*self._model_tensors(), x, y])
+            nodes, nbytes = _graph_walk(tensors, exclude=[*self._model_tensors(), x, y], saved=measure)
             self._graph_nodes = self._graph_nodes or nodes
         return state, (nbytes if measure else 0)
 
@@ -1120,6 +1157,7 @@ class CurvatureOperator:
                     self._graph_build_seconds[i] = self._last_build_seconds
                 return path, state, True
             self._no_cache.add(i)
+            self._garbage = self._garbage or path == "graph"  # measured, not kept: collect after its products
         return path, state, False
 
     def _batch_products(self, i: int, batch: Batch, vs: list[list[Tensor]]) -> list[Tensor]:
@@ -1194,8 +1232,7 @@ class CurvatureOperator:
         if path != self._active or (path == "linearize" and cl != self._cl):
             self._active, self._cl = path, cl
             for j in [j for j, (p, st) in self._cache.items() if p != path or (p == "linearize" and st[3] != cl)]:
-                del self._cache[j]
-                self._cache_sizes.pop(j, None)
+                self._drop(j)
             self._no_cache.clear()
 
     def _trial(self, i: int, batch: Batch, vs: list[list[Tensor]]) -> list[Tensor]:
@@ -1235,9 +1272,9 @@ class CurvatureOperator:
                 self._why = "undecided: the products announced would not pay for a trial yet"
                 return [g_res, *self._rest(i, batch, vs, None)]
         for j in [j for j in self._cache if j != i]:  # room for the trial: at most one batch held twice
-            del self._cache[j]
-            self._cache_sizes.pop(j, None)
+            self._drop(j)
         self._no_cache.clear()
+        self._collect()
         candidates, failures, fastest = [], [], g_prod
         for cl in layouts:
             try:
@@ -1251,13 +1288,14 @@ class CurvatureOperator:
             state, nbytes = self._build_state("linearize", x, y, measure=keep, cl=cl)
             build = clock() - t1
             t = clock()
-            res = self._apply_state("linearize", state, first, True, False)[0]
+            res = self._apply_state("linearize", state, first, keep, False)[0]  # not kept: freed as it goes
             product = clock() - t
             # The first applications of a new state run cold (fresh memory), while the graph's figure is the
             # best of its warm products so far: look again while the candidate is not clearly faster yet
-            # (the products are deterministic, so the first look's result stands).
+            # (the products are deterministic, so the first look's result stands). Without a cache every
+            # product runs on a new state, cold: one look is the figure.
             for _ in range(TRIAL_LOOKS - 1):
-                if not (fastest / 1.2 <= product < TRIAL_SLOWER * fastest):
+                if not (keep and fastest / 1.2 <= product < TRIAL_SLOWER * fastest):
                     break
                 t = clock()
                 self._apply_state("linearize", state, first, True, False)
@@ -1267,6 +1305,9 @@ class CurvatureOperator:
             else:
                 for c in candidates:
                     c["state"] = None
+                if kept_graph and i in self._cache and self._cache[i][0] == "graph":
+                    self._drop(i)  # the graph cannot win any more: its memory goes to the next candidate
+                    self._collect()
             fastest = min(fastest, product)
             candidates.append({"cl": cl, "state": state, "bytes": nbytes, "res": res, "trace": trace,
                                "build": build, "product": product})
@@ -1351,6 +1392,8 @@ class CurvatureOperator:
             first = False
             for j, r in enumerate(res):
                 out[j].add_(r, alpha=c)
+            del res
+            self._collect()
         if self._distributed:
             comm = out.to(self._comm_device())
             dist.all_reduce(comm)

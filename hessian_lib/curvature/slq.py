@@ -80,15 +80,24 @@ def gaussian_density(
 
 
 def _lockstep(
-    op: LinearOperator, num_iters: int, seeds: list[int], reorthogonalize: bool, bar: Any
+    op: LinearOperator, num_iters: int, seeds: list[int], reorthogonalize: bool, bar: Any, basis_dtype: torch.dtype | None
 ) -> list[LanczosResult]:
-    """Independent Lanczos runs from the start vectors of ``seeds``, advanced together: each
-    step multiplies the runs' current vectors as one block ``[k, P]`` (one pass over the
-    data; the operator loops or vectorises inside, whichever it measured faster)."""
-    procs = [LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize, capacity=num_iters) for s in seeds]
-    for _ in range(min(num_iters, procs[0].dim)):
-        active = [p for p in procs if p.can_step()]
+    """Independent Lanczos runs from the start vectors of ``seeds``, advanced together while
+    a block pays: each step multiplies the runs' current vectors as one block ``[k, P]``.
+    Once the operator says a block of ``k`` costs as much as ``k`` single products
+    (``op.blocks_pay(k)`` false), the runs finish one after the other, so that one basis at a
+    time is held in full. The Ritz values are the same either way."""
+    steps = min(num_iters, int(op.dim))
+    procs: list[LanczosProcess | None] = [
+        LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize, capacity=num_iters, basis_dtype=basis_dtype) for s in seeds
+    ]
+    results: list[LanczosResult | None] = [None] * len(procs)
+    pays = getattr(op, "blocks_pay", None)
+    while True:
+        active = [p for p in procs if p is not None and p.can_step() and p.num_iters < steps]
         if not active:
+            break
+        if len(active) > 1 and callable(pays) and not pays(len(active)):
             break
         start = time.perf_counter()
         W = op.matvec(torch.stack([p.current() for p in active]))
@@ -97,8 +106,19 @@ def _lockstep(
             p.product_seconds += share
             p.advance(w)
         if bar is not None:
-            bar.update(1)
-    return [p.result() for p in procs]
+            bar.update(len(active))
+    for p in procs:
+        if p is not None:
+            p.trim()
+    for j, p in enumerate(procs):  # one after the other (nothing left to do if the loop ran to the end)
+        assert p is not None
+        while p.can_step() and p.num_iters < steps:
+            p.step()
+            if bar is not None:
+                bar.update(1)
+        results[j] = p.result()
+        procs[j] = None  # its basis goes
+    return [r for r in results if r is not None]
 
 
 def slq_density(
@@ -113,6 +133,7 @@ def slq_density(
     reorthogonalize: bool = True,
     block: bool | None = None,
     progress: bool = False,
+    basis_dtype: torch.dtype | None = None,
 ) -> SLQResult:
     r"""The SLQ spectral density of ``op``.
 
@@ -129,9 +150,15 @@ def slq_density(
             (one pass over the data per step for all probes; the operator multiplies the
             block vector by vector or vectorised, whichever it measured faster), or one
             probe after the other. Default: lockstep when the operator takes blocks
-            (``op.accepts_blocks``, true for the curvature operators). The Ritz values are
-            the same either way (the same products of the same vectors).
-        progress: tqdm bar over Lanczos steps (lockstep) or probes.
+            (``op.accepts_blocks``, true for the curvature operators), for as long as the
+            operator says a block pays (``op.blocks_pay``: one state built per block, or a
+            vectorised block measured faster), then one probe after the other, so that one
+            basis at a time is held in full. The Ritz values are the same either way (the
+            same products of the same vectors).
+        progress: tqdm bar over products (lockstep) or probes.
+        basis_dtype: dtype of the Lanczos bases (default: float32 for float32 operators, see
+            :func:`~hessian_lib.curvature.lanczos.default_basis_dtype`). In lockstep every
+            probe holds its basis, ``num_probes x num_iters x P`` entries at the end.
 
     Returns:
         :class:`SLQResult` with the grid, the density, and the raw Ritz values and weights.
@@ -143,13 +170,13 @@ def slq_density(
     seeds = [seed + p for p in range(num_probes)]
     expect_products(op, num_probes * min(num_iters, int(op.dim)))
     if block and num_probes > 1:
-        bar = _progress(min(num_iters, int(op.dim)), progress, "SLQ steps")
-        runs = _lockstep(op, num_iters, seeds, reorthogonalize, bar)
+        bar = _progress(num_probes * min(num_iters, int(op.dim)), progress, "SLQ products")
+        runs = _lockstep(op, num_iters, seeds, reorthogonalize, bar, basis_dtype)
     else:
         bar = _progress(num_probes, progress, "SLQ probes")
         runs = []
         for s in seeds:
-            runs.append(lanczos(op, num_iters, seed=s, reorthogonalize=reorthogonalize))
+            runs.append(lanczos(op, num_iters, seed=s, reorthogonalize=reorthogonalize, basis_dtype=basis_dtype))
             if bar is not None:
                 bar.update(1)
     if bar is not None:
