@@ -1288,14 +1288,13 @@ class CurvatureOperator:
             state, nbytes = self._build_state("linearize", x, y, measure=keep, cl=cl)
             build = clock() - t1
             t = clock()
-            res = self._apply_state("linearize", state, first, keep, False)[0]  # not kept: freed as it goes
+            res = self._apply_state("linearize", state, first, True, False)[0]
             product = clock() - t
             # The first applications of a new state run cold (fresh memory), while the graph's figure is the
             # best of its warm products so far: look again while the candidate is not clearly faster yet
-            # (the products are deterministic, so the first look's result stands). Without a cache every
-            # product runs on a new state, cold: one look is the figure.
+            # (the products are deterministic, so the first look's result stands).
             for _ in range(TRIAL_LOOKS - 1):
-                if not (keep and fastest / 1.2 <= product < TRIAL_SLOWER * fastest):
+                if not (fastest / 1.2 <= product < TRIAL_SLOWER * fastest):
                     break
                 t = clock()
                 self._apply_state("linearize", state, first, True, False)
