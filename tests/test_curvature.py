@@ -302,20 +302,29 @@ class _Spy:
         return self.op.matvec(v)
 
 
-@pytest.mark.parametrize("cache_bytes,expect", [(None, "switch"), (0, "single"), (1, "blocks")])
-def test_slq_runs_probes_in_lockstep_only_while_blocks_pay(cache_bytes, expect):
-    """Default cache: every state is kept and a looped block costs two products, so after the
-    block timing the probes finish one after the other (one basis at a time). cache_bytes=0
-    (least memory): one after the other from the start. A cache too small to keep any state:
-    each block builds a batch's state once for both probes, so lockstep throughout."""
+@pytest.mark.parametrize(
+    "cache_bytes,vectorised,expect",
+    [(None, False, "switch"), (None, True, "blocks"), (None, None, "measured"), (0, None, "single"), (1, None, "blocks")],
+)
+def test_slq_runs_probes_in_lockstep_only_while_blocks_pay(cache_bytes, vectorised, expect):
+    """Default cache: every state is kept, so once a looped block is known to cost two products
+    the probes finish one after the other (one basis at a time); a vectorised block measured
+    faster keeps them in lockstep (``vectorised`` presets that timing; ``None``: measured here,
+    either way). cache_bytes=0 (least memory): one after the other from the start. A cache too
+    small to keep any state: each block builds a batch's state once for both probes, so
+    lockstep throughout."""
     model = _cnn()
     x, y = _data("cnn")
     kw = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
     spy = _Spy(HessianOperator(model, LOSS, _split(x, y, [9]), path="linearize", **kw))
+    if vectorised is not None:
+        spy.op._block[("linearize", 2)] = vectorised
     res = slq_density(spy, 8, 2, seed=3)
     blocks = sum(len(s) == 2 for s in spy.shapes)
     assert spy.op.num_products == 16 == blocks * 2 + (len(spy.shapes) - blocks)
     assert all(len(s) == 2 for s in spy.shapes[:blocks])  # blocks first, then single products
+    if expect == "measured":
+        expect = "blocks" if spy.op._block[("linearize", 2)] else "switch"
     if expect == "switch":
         assert 1 <= blocks <= 2 and not spy.op.blocks_pay(2)
     elif expect == "single":
