@@ -5,7 +5,8 @@ The public API, re-exported here:
 * data and profiles: :func:`load_cifar100`, :func:`load_profile`, :class:`Profile`
 * curvature: :class:`HessianOperator`, :class:`GGNOperator`, :func:`batch_operator`,
   :func:`lanczos`, :func:`top_eigenvalues`, :func:`slq_density`, :func:`hutchinson_trace`
-* training: :func:`build_model`, :func:`fit`, :func:`train_experiment`, :class:`ResultsStore`
+* training: :func:`build_model`, :func:`fit`, :func:`train_experiment`, :func:`train_networks` (the K
+  independent networks), :func:`measured_model` (a checkpoint as measurements see it), :class:`ResultsStore`
 * random-matrix and scaling laws: the modules :mod:`hessian_lib.rmt` and :mod:`hessian_lib.scaling`
 """
 
@@ -36,8 +37,12 @@ from hessian_lib.experiments.training import (
     curvature_inputs,
     load_subsets,
     max_stable_lr_sweep,
+    measured_model,
+    network_seeds,
+    refresh_batchnorm,
     sweep,
     train_experiment,
+    train_networks,
 )
 from hessian_lib.learner import SLQLearner, extremes, gd_hyperparameters, polyak_hyperparameters
 from hessian_lib.models import MODEL_NAMES, build_model, count_parameters

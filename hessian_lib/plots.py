@@ -107,24 +107,31 @@ def rmt_explorer_frame(sample: dict) -> Figure:
     return fig
 
 
-def training_curves(history: list[dict], checkpoints: list[int]) -> Figure:
-    """Loss and accuracy per epoch of a training run (``TrainResult.history``), checkpoints dotted."""
-    epochs = [h["epoch"] for h in history]
+def training_curves(histories: list[dict] | list[list[dict]], checkpoints: list[int]) -> Figure:
+    """Loss and accuracy per epoch of one training run (``TrainResult.history``) or of several (a list of
+    histories, one line style per network), checkpoints dotted."""
+    runs = [histories] if histories and isinstance(histories[0], dict) else list(histories)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
-    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (running, augmented)")
-    left.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    styles = ["-", "--", ":", "-."]
+    for k, history in enumerate(runs):
+        epochs = [h["epoch"] for h in history]
+        ls = styles[k % len(styles)]
+        tag = f" (network {k})" if len(runs) > 1 else ""
+        train_label = ("train" + tag) if len(runs) > 1 else "train (running, augmented)"
+        left.plot(epochs, [h["train_loss"] for h in history], "o" + ls, color="C0", ms=4, label=train_label)
+        left.plot(epochs, [h["test_loss"] for h in history], "s" + ls, color="C1", ms=4, label="test" + tag)
+        right.plot(epochs, [100 * h["train_acc"] for h in history], "o" + ls, color="C0", ms=4, label=train_label)
+        right.plot(epochs, [100 * h["test_acc"] for h in history], "s" + ls, color="C1", ms=4, label="test" + tag)
     left.set_xlabel("epoch")
     left.set_title("Cross-entropy")
-    right.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train (running, augmented)")
-    right.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
     right.set_xlabel("epoch")
     right.set_ylabel("accuracy (%)")
     right.set_title("Accuracy (100 classes)")
     for ax in (left, right):
         for e in checkpoints:
             ax.axvline(e, color=COLORS["edge"], lw=0.8, ls=":")
-        ax.set_xticks(epochs)
-        ax.legend()
+        ax.set_xticks([h["epoch"] for h in runs[0]])
+        ax.legend(fontsize=7 if len(runs) > 1 else None, ncol=2 if len(runs) > 1 else 1)
     fig.tight_layout()
     return fig
 
@@ -222,14 +229,20 @@ def spectrum_density_frame(sp: dict, batch_index: int, *, kind: str, epoch: int,
 def shift_panel(ax: Axes, table, fit: dict, *, sigmas: float, color: str, title: str) -> None:
     r"""The shift :math:`\Delta(B)` against :math:`x = 1/B - 1/N` (log-log) with its power-law fit.
 
-    ``table``: :func:`hessian_lib.experiments.spectra.shift_statistics`; ``fit``:
-    :func:`~hessian_lib.experiments.spectra.fit_shift_exponent` of it. Error bars are ``sigmas``
+    ``table``: :func:`hessian_lib.experiments.spectra.shift_statistics`, or the pooled table of
+    :func:`~hessian_lib.experiments.spectra.pool_shift` (its ``shift net k`` columns are drawn as
+    grey crosses, one per network); ``fit``: the exponent fit of it. Error bars are ``sigmas``
     standard errors; points whose shift does not exceed them are hollow. Grey dotted lines: slopes
     1 (outlier regime) and 1/2 (bulk edge) through the middle of the data.
     """
     x, d, se = (np.asarray(table[k], dtype=float) for k in ("x", "shift", "se"))
     ok = d > sigmas * se
     shown = d > 0
+    nets = [c for c in table.columns if str(c).startswith("shift net ")]
+    for j, col in enumerate(nets):
+        v = np.asarray(table[col], dtype=float)
+        ax.scatter(x[v > 0], v[v > 0], marker="x", s=14, lw=0.8, color=COLORS["edge"], zorder=2,
+                   label="each network" if j == 0 else None)
     ax.errorbar(x[shown], d[shown], yerr=np.minimum(sigmas * se[shown], 0.999 * d[shown]), fmt="none",
                 ecolor=color, capsize=2, lw=1)
     ax.scatter(x[ok], d[ok], color=color, s=22, zorder=3)

@@ -19,7 +19,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from hessian_lib.experiments.scaling import OPTIMIZER_LABELS, PARITY_ARMS, Bracket, ScalingResult
 from hessian_lib.plots import COLORS
 
-__all__ = ["trial_curves", "lr_max_panel", "lr_max_figure", "ratio_figure", "parity_figure", "sweep_frame"]
+__all__ = ["trial_curves", "lr_max_panel", "lr_max_figure", "ratio_figure", "mechanism_figure", "parity_figure",
+           "sweep_frame"]
 
 STABLE, DIVERGED = COLORS["batch"], COLORS["empirical"]
 
@@ -91,7 +92,9 @@ def lr_max_panel(ax: Axes, result: ScalingResult, optimizer: str, fits: Mapping[
                 ax.plot(x, r.lower, "^", color="k", ms=5)  # never diverged: lr_max above this
             elif np.isfinite(r.upper):
                 ax.plot(x, r.upper, "v", color="k", ms=5)  # diverged everywhere: lr_max below this
-    handles = [Line2D([], [], color="k", lw=2.2, label=f"final bracket ({len(seeds)} sweep{'s' * (len(seeds) > 1)})")]
+    nets = frame.network.nunique() if "network" in frame else 1
+    handles = [Line2D([], [], color="k", lw=2.2, label=f"final bracket ({len(seeds)} sweep{'s' * (len(seeds) > 1)}"
+                                                     + (f", {nets} networks)" if nets > 1 else ")"))]
     b = fits["batch_sizes"]
     dense = np.geomspace(b_all.min() / 1.3, b_all.max() * 1.3, 200)
     if optimizer == "adam" and "sqrt" in fits:
@@ -165,6 +168,44 @@ def ratio_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("batch size B")
     ax.set_ylabel("measured / predicted")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def mechanism_figure(result: ScalingResult) -> Figure:
+    """Measured lr_max over its curvature prediction against B, per network, for plain SGD (left) and heavy ball
+    (right): thin lines one per sweep (the prediction of that sweep's network), thick the geometric mean over
+    networks; on the left, open triangles mark the longer trials at the smallest and largest B."""
+    lam = np.nanmean(result.lambdas(), axis=2)  # [K, n]
+    grid = result.batch_sizes
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    table = result.prediction_table()
+    for ax, optimizer in zip(axes, ("sgd", "momentum")):
+        numerator = result.prediction_numerator(optimizer)
+        frame = result.brackets(optimizer)
+        for (seed, network), rows in frame[frame.bracketed].groupby(["seed", "network"]):
+            idx = [grid.index(int(b)) for b in rows.batch_size]
+            ratio = np.sqrt(rows.lower.to_numpy() * rows.upper.to_numpy()) / (numerator / lam[int(network), idx])
+            ax.plot(rows.batch_size, ratio, "-", marker=".", lw=0.9, alpha=0.7, color=f"C{int(network) % 10}",
+                    label=f"network {int(network)}" if seed == frame[frame.network == network].seed.min() else None)
+        ax.plot(table.batch_size, table[f"{optimizer}_ratio"], "-", color="k", lw=2.2, label="geometric mean")
+        if optimizer == "sgd" and result.long_sweeps:
+            horizon = result.horizon_table()
+            for _, r in horizon.iterrows():
+                if np.isfinite(r["long ratio"]):
+                    ax.plot(r["batch_size"] * 1.06, r["long ratio"], "^", mfc="none", ms=7,
+                            color=f"C{int(r['network']) % 10}")
+            ax.plot([], [], "^", mfc="none", color="k", label=f"{result.long_horizon}x longer trials")
+        ax.axhline(1.0, color=COLORS["edge"], ls="--", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(grid, [str(b) for b in grid])
+        _plain_log_ticks(ax)
+        ax.set_xlabel("batch size B")
+        what = "2(1+beta)" if optimizer == "momentum" else "2"
+        ax.set_title(f"{OPTIMIZER_LABELS[optimizer]}: measured / ({what} / lambda_max(H_B))", fontsize=9.5)
+        ax.legend(fontsize=7.2, loc="best")
+    axes[0].set_ylabel("measured / predicted")
     fig.tight_layout()
     return fig
 

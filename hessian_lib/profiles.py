@@ -24,6 +24,7 @@ __all__ = [
     "ProfileError",
     "TheorySizes",
     "TrainSizes",
+    "NetworkSizes",
     "SpectraSizes",
     "LearnerSizes",
     "ScalingSizes",
@@ -178,6 +179,28 @@ class TrainSizes:
 
 
 @dataclass(frozen=True)
+class NetworkSizes:
+    """The independently trained networks the chapters measure.
+
+    ``count``: K networks of the ``train`` section's recipe, trained with K different seeds
+    (:func:`hessian_lib.experiments.network_seeds`); a claim about trained networks is judged on
+    each and pooled over all, so its intervals carry the variation between networks.
+    ``bn_refresh_images``: before any curvature or trial starts from a checkpoint, its BatchNorm
+    running statistics are recomputed on this many training images at full resolution with
+    test-time transforms (the authors' protocol; a checkpoint trained on low-resolution crops
+    would otherwise carry statistics of 24-pixel images); 0 keeps the training run's statistics.
+    """
+
+    count: int = 1
+    bn_refresh_images: int = 2_000
+
+    def validate(self) -> None:
+        _positive("networks.count", self.count)
+        if self.bn_refresh_images < 0:
+            raise ProfileError(f"networks.bn_refresh_images must not be negative, got {self.bn_refresh_images}")
+
+
+@dataclass(frozen=True)
 class SpectraSizes:
     """Sizes of the Spectra chapter: batch against empirical Hessian and GGN spectra.
 
@@ -229,8 +252,8 @@ class SpectraSizes:
 class ScalingSizes:
     """Sizes of the Scaling chapter: largest stable learning rate against batch size.
 
-    Divergence sweeps start from the weights of the profile's training run at ``checkpoint``
-    (0: its first kept checkpoint) and train on ``train_subset`` images (a class-stratified draw
+    Divergence sweeps start from the weights of each of the profile's networks (``networks``) at
+    ``checkpoint`` (0: its first kept checkpoint) and train on ``train_subset`` images (a class-stratified draw
     from the training subset). For every B in ``batch_sizes`` (increasing) and every optimiser
     (plain SGD, SGD with ``momentum``, Adam), trials of ``steps`` optimiser steps at a constant
     learning rate search the largest one that does not diverge: a ladder of factor
@@ -241,14 +264,16 @@ class ScalingSizes:
     non-finite loss or a training loss (the mean over ``loss_window`` consecutive steps) above
     ``divergence_factor`` times the starting loss.
     Adam trials first take ``adam_state_steps`` steps at learning rate 0, which fill Adam's
-    moment estimates without moving the weights. ``seeds``: sweeps per optimiser.
+    moment estimates without moving the weights. ``seeds``: sweeps per optimiser and network.
+    The mechanism check repeats the plain-SGD search at the smallest and the largest B with trials
+    ``long_horizon`` times longer (``steps * long_horizon`` steps, the same window and seeds).
 
     Prediction: ``curvature_draws`` batch Hessians per B from ``curvature_images`` images
     (test-time transforms), top eigenvalue from ``lanczos_steps`` Lanczos steps.
     Gradient noise scale: per-sample gradients of ``noise_samples`` images.
 
     Parity: from ``parity_batch`` (B0) to 4 B0 and 16 B0, ``parity_epochs`` epochs on
-    ``parity_subset`` images, ``parity_seeds`` seeds, test accuracy on ``parity_test_subset``
+    ``parity_subset`` images, ``parity_seeds`` seeds (seed r starts from network r mod K), test accuracy on ``parity_test_subset``
     test images; the base learning rates at B0 are ``parity_sgd_lr`` and ``parity_adam_lr`` (0:
     ``parity_lr_fraction`` times the largest stable one measured there); runs start from the
     sweep's checkpoint (``parity_from_checkpoint``) or from a fresh initialisation.
@@ -259,6 +284,7 @@ class ScalingSizes:
     batch_sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
     steps: int = 20
     seeds: int = 1
+    long_horizon: int = 4
     divergence_factor: float = 1.2
     loss_window: int = 10
     momentum: float = 0.9
@@ -317,6 +343,11 @@ class ScalingSizes:
                                f"leaves a final bracket of {self.final_bracket():.3g}, above 2^(1/4)")
         if self.noise_samples < 2:
             raise ProfileError(f"scaling.noise_samples needs at least 2 images, got {self.noise_samples}")
+        from hessian_lib.verdicts import CLAIM7_HORIZON_FACTOR
+
+        if self.long_horizon < CLAIM7_HORIZON_FACTOR:
+            raise ProfileError(f"scaling.long_horizon must be at least {CLAIM7_HORIZON_FACTOR} (the mechanism check's "
+                               f"longer trials), got {self.long_horizon}")
         if self.parity_seeds < 2:
             raise ProfileError(f"scaling.parity_seeds needs at least 2 seeds, got {self.parity_seeds}")
         if not self.parity_lr_fraction <= 1:
@@ -418,6 +449,7 @@ class Profile:
     theory: TheorySizes = field(default_factory=TheorySizes)
     data: DataSizes = field(default_factory=DataSizes)
     train: TrainSizes = field(default_factory=TrainSizes)
+    networks: NetworkSizes = field(default_factory=NetworkSizes)
     spectra: SpectraSizes = field(default_factory=SpectraSizes)
     learner: LearnerSizes = field(default_factory=LearnerSizes)
     scaling: ScalingSizes = field(default_factory=ScalingSizes)
@@ -427,6 +459,9 @@ class Profile:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.networks.bn_refresh_images > self.data.train_subset:
+            raise ProfileError(f"networks.bn_refresh_images ({self.networks.bn_refresh_images}) cannot exceed "
+                               f"data.train_subset ({self.data.train_subset}): they are drawn from it")
         if self.spectra.dataset_size > self.data.train_subset:
             raise ProfileError("spectra.dataset_size cannot exceed data.train_subset (its images come from it)")
         self.scaling.check_against(self)
@@ -502,11 +537,15 @@ PROFILES: dict[str, Profile] = {
                          warmup_epochs=0.25, checkpoint_every=1, eval_flip=True, low_res_epochs=4, low_res_size=24),
         # The learner study, 14 runs in about 5 minutes on 2 cores: 2 epochs on 2,560 images (40 steps of 128),
         # an SGD grid around the recipe's lr 0.4, estimates once per epoch; every run tested on all 10,000 images.
+        # Three independently trained networks: every claim about trained networks is judged on each and pooled,
+        # so its intervals carry the variation between networks (each about 2.5 minutes of training).
+        networks=NetworkSizes(count=3, bn_refresh_images=2_000),
         # The batch-Hessian study at the ends and the middle of the 5-epoch recipe.
         spectra=SpectraSizes(checkpoints=(1, 3, 5)),
-        # Three sweeps per optimiser, so that the slope intervals include the scatter of the stability threshold
-        # from sweep to sweep (one sweep's interval covers only the bisection's resolution).
-        scaling=ScalingSizes(seeds=3),
+        # One sweep per optimiser from each network (three in all), so that the slope intervals include the
+        # variation between networks and the scatter of the stability threshold from sweep to sweep; parity
+        # runs one seed from each network.
+        scaling=ScalingSizes(seeds=1, parity_seeds=3),
         learner=LearnerSizes(train_images=2_560, epochs=2, sgd_lrs=(0.03, 0.1, 0.3, 1.0), curvature_images=128,
                              lanczos_steps=10, every_steps=20, compare_batches=2),
     ),
@@ -518,6 +557,7 @@ PROFILES: dict[str, Profile] = {
         # VGG-16 (no BatchNorm), SGD lr 0.05 at B = 128, momentum 0.9, no weight decay, 300 epochs.
         train=TrainSizes(model="vgg16", width=1.0, epochs=300, batch_size=128, lr=0.05, momentum=0.9,
                          weight_decay=0.0, optimizer="sgd", schedule="authors", checkpoint_every=25),
+        networks=NetworkSizes(count=3, bn_refresh_images=10_000),
         # The batch-Hessian study: B = 1..1024, 10 subsamples each, 100 Lanczos steps, every 25 epochs.
         # (at least the authors' 10 draws per B; more where the shift needs them).
         spectra=SpectraSizes(checkpoints=(25, 100, 200, 300), dataset_size=10_000,
@@ -527,7 +567,7 @@ PROFILES: dict[str, Profile] = {
         # Sweeps from the epoch-25 checkpoint on all of CIFAR-100, on the authors' sqrt(2) learning-rate grid
         # (bisected once more to 2^(1/4)); parity as in their scripts: SGD 0.05 and Adam 4e-4 at B = 128, 300 epochs.
         scaling=ScalingSizes(checkpoint=25, train_subset=50_000, batch_sizes=(32, 64, 128, 256, 512, 1024, 2048),
-                             steps=200, loss_window=20, seeds=3, ladder_factor=2 ** 0.5, bisections=1,
+                             steps=200, loss_window=20, seeds=1, ladder_factor=2 ** 0.5, bisections=1,
                              max_ladder_steps=16,
                              adam_state_steps=20, curvature_images=4_096, curvature_draws=10, lanczos_steps=100,
                              noise_samples=4_096, parity_batch=128, parity_sgd_lr=0.05, parity_adam_lr=4e-4,
@@ -554,6 +594,7 @@ PROFILES: dict[str, Profile] = {
         train=TrainSizes(model="fastcnn", width=0.5, dropout=0.0, epochs=2, batch_size=50, lr=0.2, nesterov=True,
                          weight_decay=5e-4, label_smoothing=0.2, schedule="linear", warmup_epochs=0.25,
                          checkpoint_every=1, eval_flip=True),
+        networks=NetworkSizes(count=2, bn_refresh_images=100),
         spectra=SpectraSizes(checkpoints=(1, 2), dataset_size=100, batch_sizes=(8, 16, 32), lanczos_steps=6,
                              min_draws=2, max_draws=3, batch_images=150, chunk_size=50, noise_samples=4,
                              noise_probes=1, dense_hidden=4, dense_samples=100),

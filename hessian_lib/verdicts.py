@@ -23,59 +23,106 @@ from typing import Any, Mapping
 from hessian_lib.store import ResultsStore
 
 __all__ = [
-    "CLAIM6_GAP_PP",
-    "CLAIM6_TRAINS_FRACTION",
-    "claim6_verdict",
-    "stable_lr_range",
     "CLAIM2_TOLERANCE",
     "CLAIM2_WINDOW",
-    "CLAIM_CHAPTERS",
-    "CLAIMS",
-    "DOES_NOT_HOLD",
-    "EDGE_GAMMA",
-    "GAMMA_CONFIDENCE",
-    "HOLDS",
-    "NOT_RUN",
-    "NO_CHAPTER",
-    "OUTLIER_GAMMA",
-    "PARTLY",
-    "SHIFT_SIGMAS",
-    "VERDICT_WORDS",
-    "ScoreboardRow",
-    "ShiftEvidence",
-    "Verdict",
-    "claim2_verdict",
-    "formula_reproduced",
-    "in_threshold_window",
-    "load_verdicts",
-    "record_verdict",
-    "scoreboard",
-    "shift_checkpoint_verdict",
-    "shift_claim_verdict",
-    "verdict_config",
     "CLAIM4_ALTERNATIVE",
     "CLAIM4_SLOPE",
     "CLAIM4_SMALL_BATCHES",
     "CLAIM5_ALTERNATIVE",
+    "CLAIM5_NULL",
     "CLAIM5_SLOPE",
-    "GROWTH_SLOPE",
+    "CLAIM6_GAP_PP",
+    "CLAIM6_TRAINS_FRACTION",
+    "CLAIM7_FLAT",
+    "CLAIM7_HORIZON_FACTOR",
+    "CLAIM7_NULL",
+    "CLAIMS",
+    "CLAIM_CHAPTERS",
+    "DOES_NOT_HOLD",
+    "EDGE_GAMMA",
+    "GAMMA_CONFIDENCE",
+    "HOLDS",
+    "INCONCLUSIVE",
+    "NOT_RUN",
+    "NO_CHAPTER",
+    "OUTLIER_GAMMA",
     "PARITY_POINTS",
+    "PARTLY",
     "SCALING_LEVEL",
+    "SHIFT_SIGMAS",
+    "UNRESOLVED_FRACTION",
+    "VERDICT_WORDS",
+    "ScoreboardRow",
+    "ShiftEvidence",
+    "Verdict",
+    "agreement",
+    "claim2_verdict",
     "claim4_conditions",
     "claim4_verdict",
     "claim5_verdict",
+    "claim6_verdict",
+    "claim7_verdict",
+    "combine_parts",
+    "formula_reproduced",
+    "in_threshold_window",
     "interval_above",
     "interval_contains",
+    "interval_within",
+    "load_verdicts",
     "parity_holds",
+    "record_verdict",
+    "scoreboard",
+    "shift_checkpoint_verdict",
+    "shift_claim_verdict",
+    "shift_end_verdict",
+    "stable_lr_range",
+    "verdict_config",
+    "weakest",
 ]
 
-#: The three verdict words a rule may return.
-HOLDS, PARTLY, DOES_NOT_HOLD = "holds", "partly", "does not hold"
-VERDICT_WORDS: tuple[str, ...] = (HOLDS, PARTLY, DOES_NOT_HOLD)
+#: The four verdict words a rule may return, strongest first. ``inconclusive``: the data cannot separate the
+#: claim from its alternative (an interval that contains both values, a shift Lanczos has not resolved).
+HOLDS, PARTLY, INCONCLUSIVE, DOES_NOT_HOLD = "holds", "partly", "inconclusive", "does not hold"
+VERDICT_WORDS: tuple[str, ...] = (HOLDS, PARTLY, INCONCLUSIVE, DOES_NOT_HOLD)
 #: What the scoreboard shows for a claim whose chapter did not write a verdict in this build.
 NOT_RUN = "not run"
 #: What the scoreboard shows for a claim no chapter tests yet.
 NO_CHAPTER = "no chapter yet"
+
+
+def weakest(words: Any) -> str:
+    """The weakest of some verdict words, in the order of :data:`VERDICT_WORDS` (``does not hold`` last)."""
+    words = list(words)
+    if not words:
+        raise ValueError("weakest() needs at least one verdict word")
+    return max(words, key=VERDICT_WORDS.index)
+
+
+def combine_parts(words: Any) -> str:
+    """The verdict of a claim made of parts (ends of a spectrum, checkpoints), from the parts' words.
+
+    :data:`HOLDS` when every part holds; :data:`DOES_NOT_HOLD` when no part holds and some part does
+    not; :data:`PARTLY` when some part holds and some does not (a part that is itself
+    :data:`PARTLY` counts as both); :data:`INCONCLUSIVE` otherwise (some part holds and the rest are
+    inconclusive, or every part is inconclusive): the claim over all its parts is not established.
+    """
+    words = set(words)
+    if not words or not words <= set(VERDICT_WORDS):
+        raise ValueError(f"combine_parts() needs verdict words, got {sorted(words)}")
+    some_hold = bool(words & {HOLDS, PARTLY})
+    some_fail = bool(words & {DOES_NOT_HOLD, PARTLY})
+    if some_hold and some_fail:
+        return PARTLY
+    if words == {HOLDS}:
+        return HOLDS
+    return DOES_NOT_HOLD if some_fail else INCONCLUSIVE
+
+
+def agreement(pooled: str, per_network: Any) -> tuple[int, int]:
+    """``(same, K)``: in how many of the K networks' own verdicts the pooled word came out."""
+    words = list(per_network)
+    return sum(w == pooled for w in words), len(words)
+
 
 #: The paper's claims the book tests (PAPER.md, section 6), by number.
 CLAIMS: dict[int, str] = {
@@ -87,11 +134,14 @@ CLAIMS: dict[int, str] = {
        "linearly scaled runs reach the same accuracy.",
     5: "The largest stable Adam learning rate grows as the square root of B.",
     6: "The SLQ learner picks a sensible learning rate and momentum and trains competitively.",
+    7: "The mechanism: the largest stable learning rate follows the curvature prediction 2/lambda_max(H_B).",
+    8: "The Hessian spectrum of a multi-layer perceptron trained on Gaussian-mixture data is similar to that of a "
+       "deep network trained on natural images.",
 }
 
 #: The chapter (notebook name) that tests each claim; a claim whose chapter is not in the book shows NO_CHAPTER.
 CLAIM_CHAPTERS: dict[int, str] = {1: "02_spectra", 2: "01_theory", 3: "02_spectra", 4: "03_scaling",
-                                  5: "03_scaling", 6: "04_learner"}
+                                  5: "03_scaling", 6: "04_learner", 7: "03_scaling", 8: "05_mixture"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +152,9 @@ class Verdict:
     sentence with the key numbers; ``numbers``: the numbers behind it (name -> value);
     ``scale``: what it was tested at (profile, network, images); ``evidence``: the page and
     anchor of the section with the evidence, relative to the book's root (``02_spectra.html#...``
-    or ``book/02_spectra.html#...``, as the page is built).
+    or ``book/02_spectra.html#...``, as the page is built); ``per_network``: for a claim judged over
+    independently trained networks, the word each network's own data gave (``verdict`` is then the
+    pooled word), empty otherwise.
     """
 
     claim: int
@@ -111,12 +163,20 @@ class Verdict:
     numbers: Mapping[str, Any] = field(default_factory=dict)
     scale: str = ""
     evidence: str = ""
+    per_network: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.claim not in CLAIMS:
             raise ValueError(f"unknown claim {self.claim!r}; the claims are {sorted(CLAIMS)}")
         if self.verdict not in VERDICT_WORDS:
             raise ValueError(f"verdict must be one of {VERDICT_WORDS}, got {self.verdict!r}")
+        object.__setattr__(self, "per_network", tuple(str(w) for w in self.per_network))
+        if not set(self.per_network) <= set(VERDICT_WORDS):
+            raise ValueError(f"per_network words must be among {VERDICT_WORDS}, got {self.per_network}")
+
+    def agreement(self) -> tuple[int, int] | None:
+        """``(same, K)`` for a claim judged per network (:func:`agreement`), ``None`` otherwise."""
+        return agreement(self.verdict, self.per_network) if self.per_network else None
 
 
 def verdict_config(claim: int, *, profile: str, seed: int = 0) -> dict[str, Any]:
@@ -138,6 +198,7 @@ def record_verdict(store: ResultsStore | str, verdict: Verdict, *, build_id: str
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     record = dataclasses.asdict(verdict)
     record["numbers"] = {str(k): _plain(v) for k, v in verdict.numbers.items()}
+    record["per_network"] = list(verdict.per_network)
     record["build_id"] = str(build_id)
     store.save(verdict_config(verdict.claim, profile=profile, seed=seed), record)
 
@@ -155,7 +216,8 @@ def load_verdicts(store: ResultsStore | str, *, build_id: str, profile: str, see
             continue
         found[claim] = Verdict(claim=int(record["claim"]), verdict=record["verdict"], summary=record["summary"],
                                numbers=dict(record.get("numbers", {})), scale=record.get("scale", ""),
-                               evidence=record.get("evidence", ""))
+                               evidence=record.get("evidence", ""),
+                               per_network=tuple(record.get("per_network", ())))
     return found
 
 
@@ -204,27 +266,48 @@ OUTLIER_GAMMA = 1.0
 EDGE_GAMMA = 0.5
 
 
+#: An end of a spectrum is **not resolved** when its empirical extreme Ritz value is flagged (residual bound above
+#: 1% of its magnitude) or more than this fraction of its batch extremes are: the shift there would be measured on
+#: values Lanczos has not converged, so the end is left out of the verdict (and said so).
+UNRESOLVED_FRACTION = 0.5
+
+
 @dataclass(frozen=True)
 class ShiftEvidence:
     """The numbers behind the shift rule at one end of one matrix at one checkpoint.
 
-    ``shift``, ``stderr``: Delta(B) and its standard error over batch draws, one value per B of the
-    grid; ``gamma_low``, ``gamma_high``: the :data:`GAMMA_CONFIDENCE` interval of gamma (NaN when
-    gamma could not be fitted).
+    ``shift``, ``stderr``: Delta(B) and its standard error, one value per B of the grid in
+    increasing order of B (the smallest B first); ``gamma_low``, ``gamma_high``: the
+    :data:`GAMMA_CONFIDENCE` interval of gamma (NaN when gamma could not be fitted);
+    ``flagged_fraction``: the fraction of the batch extremes whose residual bound is flagged;
+    ``empirical_flagged``: whether the empirical extreme is.
     """
 
     shift: tuple[float, ...]
     stderr: tuple[float, ...]
     gamma_low: float
     gamma_high: float
+    flagged_fraction: float = 0.0
+    empirical_flagged: bool = False
+
+    def _exceeds(self) -> list[bool]:
+        return [bool(d > SHIFT_SIGMAS * e) for d, e in zip(self.shift, self.stderr, strict=True)]
 
     def significant(self) -> bool:
         """Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at every B (NaN fails)."""
-        return bool(self.shift) and all(d > SHIFT_SIGMAS * e for d, e in zip(self.shift, self.stderr, strict=True))
+        return bool(self.shift) and all(self._exceeds())
+
+    def significant_at_smallest(self) -> bool:
+        """Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at the smallest B (the first of the grid)."""
+        return bool(self.shift) and self._exceeds()[0]
 
     def contains(self, gamma: float) -> bool:
         """The interval of gamma contains ``gamma`` (closed interval; NaN bounds contain nothing)."""
         return bool(self.gamma_low <= gamma <= self.gamma_high)
+
+    def resolved(self) -> bool:
+        """Neither the empirical extreme nor more than :data:`UNRESOLVED_FRACTION` of the batch extremes is flagged."""
+        return not self.empirical_flagged and not self.flagged_fraction > UNRESOLVED_FRACTION
 
     def regime(self) -> str:
         """Which regime the interval contains: 'outlier (gamma = 1)', 'bulk edge (gamma = 1/2)', 'both' or 'neither'."""
@@ -233,40 +316,48 @@ class ShiftEvidence:
             "bulk edge (gamma = 1/2)" if edge else "neither"
 
 
+def shift_end_verdict(evidence: ShiftEvidence) -> str:
+    """The shift rule at one end of one matrix at one checkpoint (resolved or not: see :func:`shift_checkpoint_verdict`).
+
+    :data:`HOLDS` when Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at every B and the
+    interval of gamma contains :data:`OUTLIER_GAMMA` and excludes :data:`EDGE_GAMMA`;
+    :data:`DOES_NOT_HOLD` when the shift is not significant at the smallest B, or the interval
+    excludes :data:`OUTLIER_GAMMA` and contains :data:`EDGE_GAMMA`; :data:`INCONCLUSIVE` otherwise
+    (an interval holding both values, or neither, or a shift significant at the smallest B only).
+    """
+    ev = evidence
+    if not ev.significant_at_smallest() or (ev.contains(EDGE_GAMMA) and not ev.contains(OUTLIER_GAMMA)):
+        return DOES_NOT_HOLD
+    if ev.significant() and ev.contains(OUTLIER_GAMMA) and not ev.contains(EDGE_GAMMA):
+        return HOLDS
+    return INCONCLUSIVE
+
+
 def shift_checkpoint_verdict(ends: Mapping[str, ShiftEvidence]) -> str:
     """The shift rule at one checkpoint, over the ends of one matrix ({'top': ..., 'bottom': ...}).
 
-    :data:`HOLDS` when at every end Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at every
-    B and the interval of gamma contains :data:`OUTLIER_GAMMA`; :data:`PARTLY` when the shift is
-    significant at every B of every end but some interval excludes it; :data:`DOES_NOT_HOLD` otherwise.
+    Only the resolved ends (:meth:`ShiftEvidence.resolved`) are judged, each by
+    :func:`shift_end_verdict`, and their words combined by :func:`combine_parts`; with no resolved
+    end the checkpoint is :data:`INCONCLUSIVE`.
     """
     if not ends:
         raise ValueError("the shift rule needs at least one end")
-    if not all(e.significant() for e in ends.values()):
-        return DOES_NOT_HOLD
-    return HOLDS if all(e.contains(OUTLIER_GAMMA) for e in ends.values()) else PARTLY
+    words = [shift_end_verdict(e) for e in ends.values() if e.resolved()]
+    return combine_parts(words) if words else INCONCLUSIVE
 
 
 def shift_claim_verdict(checkpoints: Mapping[int, Mapping[str, ShiftEvidence]]) -> tuple[str, dict[int, str]]:
     """Claims 1 (Hessian, both ends) and 3 (GGN, top end): the verdict over checkpoints after the first.
 
     ``checkpoints``: epoch -> end -> evidence; the earliest epoch is not judged (the network has
-    barely trained). Each later checkpoint gets :func:`shift_checkpoint_verdict`. The claim
-    :data:`HOLDS` when every judged checkpoint holds; it holds :data:`PARTLY` when the holds
-    condition is met at some judged checkpoints only, or when every judged checkpoint is at least
-    partly; otherwise (the weakest over the judged checkpoints) it :data:`DOES_NOT_HOLD`. Returns the
-    verdict and the per-checkpoint verdicts of the judged epochs.
+    barely trained). Each later checkpoint gets :func:`shift_checkpoint_verdict`, and the claim
+    :func:`combine_parts` of them. Returns the verdict and the per-checkpoint verdicts of the judged epochs.
     """
     epochs = sorted(checkpoints)
     if len(epochs) < 2:
         raise ValueError("the shift claims need at least two checkpoints (the first is not judged)")
     judged = {e: shift_checkpoint_verdict(checkpoints[e]) for e in epochs[1:]}
-    words = set(judged.values())
-    if words == {HOLDS}:
-        return HOLDS, judged
-    if HOLDS in words or DOES_NOT_HOLD not in words:
-        return PARTLY, judged
-    return DOES_NOT_HOLD, judged
+    return combine_parts(judged.values()), judged
 
 
 # --- The scoreboard --------------------------------------------------------------------------------
@@ -275,7 +366,8 @@ def shift_claim_verdict(checkpoints: Mapping[int, Mapping[str, ShiftEvidence]]) 
 @dataclass(frozen=True)
 class ScoreboardRow:
     """One claim on the scoreboard: ``verdict`` is a verdict word, :data:`NOT_RUN` or :data:`NO_CHAPTER`;
-    ``evidence`` is a link relative to the chapters' folder (``01_theory.html#anchor``), empty if none."""
+    ``evidence`` is a link relative to the chapters' folder (``01_theory.html#anchor``), empty if none;
+    ``per_network``: the words of the independently trained networks when the claim was judged per network."""
 
     claim: int
     statement: str
@@ -283,6 +375,14 @@ class ScoreboardRow:
     numbers: str
     scale: str
     evidence: str
+    per_network: tuple[str, ...] = ()
+
+    def agreement(self) -> str:
+        """'2 of 3 networks': in how many networks the pooled word came out; empty when not judged per network."""
+        if not self.per_network or self.verdict not in VERDICT_WORDS:
+            return ""
+        same, k = agreement(self.verdict, self.per_network)
+        return f"{same} of {k} networks"
 
 
 def _chapter_link(evidence: str) -> str:
@@ -308,7 +408,7 @@ def scoreboard(store: ResultsStore | str, *, build_id: str, profile: str, seed: 
         else:
             v = found[claim]
             rows.append(ScoreboardRow(claim, statement, v.verdict, v.summary, v.scale,
-                                      _chapter_link(v.evidence) or f"{chapter}.html"))
+                                      _chapter_link(v.evidence) or f"{chapter}.html", v.per_network))
     return rows
 
 
@@ -356,7 +456,7 @@ def claim6_verdict(learner_acc: float, best_sgd_acc: float, learner_lrs: Any,
 
 # --- Claims 4 and 5: largest stable learning rate against batch size (Scaling chapter) -------------
 
-#: Confidence level of every slope interval of claims 4 and 5.
+#: Confidence level of every slope interval of claims 4, 5 and 7.
 SCALING_LEVEL = 0.95
 #: Claim 4 looks for linear scaling in the small-batch regime: the slope over this many smallest batch sizes ...
 CLAIM4_SMALL_BATCHES = 3
@@ -366,19 +466,30 @@ CLAIM4_SLOPE = 1.0
 CLAIM4_ALTERNATIVE = 0.5
 #: Claim 5: the slope over the whole grid must have an interval containing this slope (square-root rule) ...
 CLAIM5_SLOPE = 0.5
-#: ... and excluding this one (linear scaling).
+#: ... and excluding this one (linear scaling) ...
 CLAIM5_ALTERNATIVE = 1.0
-#: Growth of lr_max with B, for 'partly': the interval over the whole grid lies above this slope.
-GROWTH_SLOPE = 0.0
+#: ... and this one (no growth with B), for holds; an interval that reaches it makes the claim partly at best.
+CLAIM5_NULL = 0.0
 #: Parity: a scaled run ends within this many percentage points of B0's test accuracy (means over seeds),
 #: and a control more than this many below it.
 PARITY_POINTS = 2.0
+#: Claim 7 (the mechanism): measured over predicted largest stable learning rate is flat in B when the 95%
+#: interval of its log-log slope against B lies inside [-CLAIM7_FLAT, CLAIM7_FLAT] (ends included) ...
+CLAIM7_FLAT = 0.2
+#: ... and it does not hold when that interval excludes this slope (a ratio that drifts with B).
+CLAIM7_NULL = 0.0
+#: The longer trial horizon of the mechanism check, as a multiple of the profile's trial steps (at least this).
+CLAIM7_HORIZON_FACTOR = 4
 
 
 def _ends(interval: Any) -> tuple[float, float]:
     """``(low, high)`` of an interval given as a pair or an object with ``low`` and ``high``."""
     low, high = (interval.low, interval.high) if hasattr(interval, "low") else interval
     return float(low), float(high)
+
+
+def _missing(interval: Any) -> bool:
+    return not all(math.isfinite(v) for v in _ends(interval))
 
 
 def interval_contains(interval: Any, value: float) -> bool:
@@ -392,41 +503,81 @@ def interval_above(interval: Any, value: float) -> bool:
     return bool(_ends(interval)[0] > value)
 
 
-def claim4_conditions(small_slope: Any, grid_slope: Any, saturating_passes: bool) -> dict[str, bool]:
-    """The three tests behind claim 4, by name.
+def interval_within(interval: Any, low: float, high: float) -> bool:
+    """The whole interval lies inside ``[low, high]`` (ends included; a NaN end does not)."""
+    a, b = _ends(interval)
+    return bool(low <= a and b <= high)
 
-    ``linear``: the slope over the :data:`CLAIM4_SMALL_BATCHES` smallest batch sizes has an interval
-    that contains :data:`CLAIM4_SLOPE` and excludes :data:`CLAIM4_ALTERNATIVE`; ``saturating``: the
-    saturating law passes through the final bracket at every grid point (``saturating_passes``);
-    ``grows``: the slope over the whole grid has an interval above :data:`GROWTH_SLOPE`.
+
+def claim4_conditions(small_slope: Any, critical_batch: Any, grid: Any, saturating_passes: bool,
+                      parity: bool) -> dict[str, bool]:
+    """The three parts of claim 4, by name.
+
+    ``linear`` (a): the slope over the :data:`CLAIM4_SMALL_BATCHES` smallest batch sizes has an
+    interval that contains :data:`CLAIM4_SLOPE` and excludes :data:`CLAIM4_ALTERNATIVE`;
+    ``saturating`` (b): the interval of the saturating law's B* (``critical_batch``) lies inside
+    the measured grid ``[min(grid), max(grid)]`` and the law passes through the final bracket at
+    every grid point (``saturating_passes``); ``parity`` (c): linear-scaling parity
+    (:func:`parity_holds`).
     """
+    b = [float(v) for v in grid]
     return {
         "linear": interval_contains(small_slope, CLAIM4_SLOPE) and not interval_contains(small_slope, CLAIM4_ALTERNATIVE),
-        "saturating": bool(saturating_passes),
-        "grows": interval_above(grid_slope, GROWTH_SLOPE),
+        "saturating": interval_within(critical_batch, min(b), max(b)) and bool(saturating_passes),
+        "parity": bool(parity),
     }
 
 
-def claim4_verdict(small_slope: Any, grid_slope: Any, saturating_passes: bool) -> str:
-    """Claim 4 (SGD): :data:`HOLDS` when ``linear`` and ``saturating`` both pass (:func:`claim4_conditions`);
-    :data:`PARTLY` when ``grows`` passes and exactly one of the two fails; :data:`DOES_NOT_HOLD` otherwise."""
-    c = claim4_conditions(small_slope, grid_slope, saturating_passes)
-    if c["linear"] and c["saturating"]:
-        return HOLDS
-    if c["grows"] and c["linear"] != c["saturating"]:
-        return PARTLY
+def claim4_verdict(small_slope: Any, critical_batch: Any, grid: Any, saturating_passes: bool, parity: bool) -> str:
+    """Claim 4 (SGD) from its three parts (:func:`claim4_conditions`).
+
+    :data:`HOLDS` when all three pass; :data:`PARTLY` when ``linear`` passes and exactly one of the
+    other two fails; :data:`INCONCLUSIVE` when the small-B slope interval contains both
+    :data:`CLAIM4_ALTERNATIVE` and :data:`CLAIM4_SLOPE` (or was not measured); :data:`DOES_NOT_HOLD`
+    otherwise.
+    """
+    c = claim4_conditions(small_slope, critical_batch, grid, saturating_passes, parity)
+    if c["linear"]:
+        failed = [name for name in ("saturating", "parity") if not c[name]]
+        return HOLDS if not failed else PARTLY if len(failed) == 1 else DOES_NOT_HOLD
+    if _missing(small_slope) or (interval_contains(small_slope, CLAIM4_SLOPE)
+                                 and interval_contains(small_slope, CLAIM4_ALTERNATIVE)):
+        return INCONCLUSIVE
     return DOES_NOT_HOLD
 
 
-def claim5_verdict(grid_slope: Any) -> str:
-    """Claim 5 (Adam): :data:`HOLDS` when the slope over the grid has an interval that contains
-    :data:`CLAIM5_SLOPE` and excludes :data:`CLAIM5_ALTERNATIVE`; :data:`PARTLY` when it only lies above
-    :data:`GROWTH_SLOPE`; :data:`DOES_NOT_HOLD` otherwise."""
-    if interval_contains(grid_slope, CLAIM5_SLOPE) and not interval_contains(grid_slope, CLAIM5_ALTERNATIVE):
+def claim5_verdict(grid_slope: Any, parity: bool) -> str:
+    """Claim 5 (Adam) from the slope over the grid and square-root parity (:func:`parity_holds`).
+
+    :data:`HOLDS` when the slope interval contains :data:`CLAIM5_SLOPE` and excludes
+    :data:`CLAIM5_NULL` and :data:`CLAIM5_ALTERNATIVE`, and parity holds; :data:`PARTLY` when it
+    contains :data:`CLAIM5_SLOPE` and excludes :data:`CLAIM5_ALTERNATIVE` but parity fails or the
+    interval reaches :data:`CLAIM5_NULL`; :data:`INCONCLUSIVE` when it contains both
+    :data:`CLAIM5_SLOPE` and :data:`CLAIM5_ALTERNATIVE` (or was not measured);
+    :data:`DOES_NOT_HOLD` when it excludes :data:`CLAIM5_SLOPE`.
+    """
+    if _missing(grid_slope):
+        return INCONCLUSIVE
+    if not interval_contains(grid_slope, CLAIM5_SLOPE):
+        return DOES_NOT_HOLD
+    if interval_contains(grid_slope, CLAIM5_ALTERNATIVE):
+        return INCONCLUSIVE
+    reaches_null = _ends(grid_slope)[0] <= CLAIM5_NULL
+    return HOLDS if parity and not reaches_null else PARTLY
+
+
+def claim7_verdict(ratio_slope: Any) -> str:
+    """Claim 7 (the mechanism) from the interval of the log-log slope of measured over predicted against B.
+
+    :data:`HOLDS` when the interval lies inside ``[-CLAIM7_FLAT, CLAIM7_FLAT]``;
+    :data:`DOES_NOT_HOLD` when it excludes :data:`CLAIM7_NULL`; :data:`INCONCLUSIVE` otherwise (or
+    when it was not measured).
+    """
+    if _missing(ratio_slope):
+        return INCONCLUSIVE
+    if interval_within(ratio_slope, -CLAIM7_FLAT, CLAIM7_FLAT):
         return HOLDS
-    if interval_above(grid_slope, GROWTH_SLOPE):
-        return PARTLY
-    return DOES_NOT_HOLD
+    return DOES_NOT_HOLD if not interval_contains(ratio_slope, CLAIM7_NULL) else INCONCLUSIVE
 
 
 def parity_holds(base_acc: float, scaled_accs: Any, control_acc: float) -> bool:

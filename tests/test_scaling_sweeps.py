@@ -15,9 +15,9 @@ from hessian_lib.curvature.noise import gradient_noise_scale, per_sample_gradien
 from hessian_lib.experiments import scaling as S
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore
-from hessian_lib.verdicts import (CLAIM4_ALTERNATIVE, CLAIM4_SLOPE, CLAIM5_ALTERNATIVE, CLAIM5_SLOPE, DOES_NOT_HOLD,
-                                  HOLDS, PARITY_POINTS, PARTLY, claim4_conditions, claim4_verdict, claim5_verdict,
-                                  parity_holds)
+from hessian_lib.verdicts import (CLAIM4_ALTERNATIVE, CLAIM4_SLOPE, CLAIM5_ALTERNATIVE, CLAIM5_NULL, CLAIM5_SLOPE,
+                                  CLAIM7_FLAT, CLAIM7_NULL, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, PARITY_POINTS, PARTLY,
+                                  claim4_conditions, claim4_verdict, claim5_verdict, claim7_verdict, parity_holds)
 
 RATIO = 2 ** 0.25  # the final bracket the chapter asks for
 RUNG = 8           # ladder factor 4 = RATIO ** 8, three bisections
@@ -377,36 +377,67 @@ def test_cpu_profile_has_the_grid_the_chapter_needs():
 EPS = 1e-9
 
 
-@pytest.mark.parametrize("small, grid, passes, expected", [
-    ((CLAIM4_ALTERNATIVE + EPS, CLAIM4_SLOPE), (0.1, 1.0), True, HOLDS),          # 1 on the upper end: contained
-    ((CLAIM4_ALTERNATIVE, CLAIM4_SLOPE + 0.2), (0.1, 1.0), True, PARTLY),        # 0.5 on the lower end: not excluded
-    ((CLAIM4_SLOPE + EPS, 2.0), (0.1, 1.0), True, PARTLY),                       # 1 just outside
-    ((0.8, 1.2), (0.1, 1.0), False, PARTLY),                                     # the saturating law misses a bracket
-    ((0.8, 1.2), (0.0, 1.0), False, DOES_NOT_HOLD),                              # no growth: 0 not excluded
-    ((0.8, 1.2), (EPS, 1.0), False, PARTLY),
-    ((0.2, 0.4), (EPS, 1.0), False, DOES_NOT_HOLD),                              # both fail
-    ((0.8, 1.2), (-0.5, -0.1), True, HOLDS),                                     # holds needs no growth test
+GRID = (4, 8, 16, 32, 64, 128)
+LINEAR = (0.8, 1.2)          # contains 1, excludes 1/2
+B_STAR = (8.0, 100.0)        # inside the grid
+
+
+@pytest.mark.parametrize("small, b_star, passes, parity, expected", [
+    (LINEAR, B_STAR, True, True, HOLDS),
+    ((CLAIM4_ALTERNATIVE + EPS, CLAIM4_SLOPE), B_STAR, True, True, HOLDS),         # 1 on the upper end: contained
+    (LINEAR, (GRID[0], GRID[-1]), True, True, HOLDS),                             # B* interval on the grid's ends
+    (LINEAR, (GRID[0] - EPS, 100.0), True, True, PARTLY),                         # B* may lie below the grid
+    (LINEAR, (8.0, GRID[-1] + EPS), True, True, PARTLY),                          # ... or above it
+    (LINEAR, B_STAR, False, True, PARTLY),                                        # the law misses a bracket
+    (LINEAR, B_STAR, True, False, PARTLY),                                        # parity fails
+    (LINEAR, B_STAR, False, False, DOES_NOT_HOLD),                                # (a) passes, (b) and (c) fail
+    ((CLAIM4_ALTERNATIVE, CLAIM4_SLOPE + 0.2), B_STAR, True, True, INCONCLUSIVE),  # contains both
+    ((0.3, 1.4), B_STAR, True, True, INCONCLUSIVE),
+    ((CLAIM4_SLOPE + EPS, 2.0), B_STAR, True, True, DOES_NOT_HOLD),                # 1 just outside, 1/2 too
+    ((0.2, 0.9), B_STAR, True, True, DOES_NOT_HOLD),                              # excludes 1, contains 1/2
+    ((math.nan, math.nan), B_STAR, True, True, INCONCLUSIVE),                     # not measured
 ])
-def test_claim4_rule(small, grid, passes, expected):
-    assert claim4_verdict(small, grid, passes) == expected
-    assert claim4_verdict(laws.Interval(0.0, *small), laws.Interval(0.0, *grid), passes) == expected
+def test_claim4_rule(small, b_star, passes, parity, expected):
+    assert claim4_verdict(small, b_star, GRID, passes, parity) == expected
+    assert claim4_verdict(laws.Interval(0.0, *small), laws.Interval(0.0, *b_star), GRID, passes, parity) == expected
 
 
 def test_claim4_conditions_name_what_failed():
-    assert claim4_conditions((0.2, 0.4), (0.1, 0.2), True) == {"linear": False, "saturating": True, "grows": True}
+    assert claim4_conditions((0.2, 0.4), B_STAR, GRID, True, False) == \
+        {"linear": False, "saturating": True, "parity": False}
+    assert not claim4_conditions(LINEAR, (math.nan, math.nan), GRID, True, True)["saturating"]
 
 
-@pytest.mark.parametrize("grid, expected", [
-    ((CLAIM5_SLOPE, CLAIM5_ALTERNATIVE - EPS), HOLDS),
-    ((0.2, CLAIM5_SLOPE), HOLDS),
-    ((0.3, CLAIM5_ALTERNATIVE), PARTLY),            # 1 on the upper end: not excluded
-    ((CLAIM5_SLOPE + EPS, 0.9), PARTLY),            # 0.5 just outside, still growing
-    ((0.0, 0.4), DOES_NOT_HOLD),                    # 0.5 outside and 0 not excluded
-    ((-0.3, -0.1), DOES_NOT_HOLD),
-    ((math.nan, math.nan), DOES_NOT_HOLD),
+@pytest.mark.parametrize("grid, parity, expected", [
+    ((CLAIM5_SLOPE, CLAIM5_ALTERNATIVE - EPS), True, HOLDS),
+    ((CLAIM5_NULL + EPS, CLAIM5_SLOPE), True, HOLDS),
+    ((CLAIM5_NULL + EPS, CLAIM5_SLOPE), False, PARTLY),        # parity fails
+    ((CLAIM5_NULL, CLAIM5_SLOPE), True, PARTLY),               # reaches 0
+    ((-0.2, 0.6), True, PARTLY),
+    ((0.3, CLAIM5_ALTERNATIVE), True, INCONCLUSIVE),           # 1 on the upper end: contains both
+    ((0.3, 1.4), False, INCONCLUSIVE),
+    ((CLAIM5_SLOPE + EPS, 0.9), True, DOES_NOT_HOLD),          # 1/2 just outside
+    ((-0.016, 0.122), True, DOES_NOT_HOLD),
+    ((0.066, 0.137), True, DOES_NOT_HOLD),                     # a slope of 0.1 no longer earns partly
+    ((math.nan, math.nan), True, INCONCLUSIVE),
 ])
-def test_claim5_rule(grid, expected):
-    assert claim5_verdict(grid) == expected
+def test_claim5_rule(grid, parity, expected):
+    assert claim5_verdict(grid, parity) == expected
+
+
+@pytest.mark.parametrize("interval, expected", [
+    ((-CLAIM7_FLAT, CLAIM7_FLAT), HOLDS),                      # ends included
+    ((-0.05, 0.1), HOLDS),
+    ((-CLAIM7_FLAT - EPS, 0.1), INCONCLUSIVE),                 # reaches outside, contains 0
+    ((-0.1, 0.35), INCONCLUSIVE),
+    ((CLAIM7_NULL + EPS, 0.15), HOLDS),                        # flat enough although it excludes 0
+    ((CLAIM7_NULL + EPS, 0.3), DOES_NOT_HOLD),                 # drifts with B
+    ((-0.5, CLAIM7_NULL - EPS), DOES_NOT_HOLD),
+    ((math.nan, math.nan), INCONCLUSIVE),
+])
+def test_claim7_rule(interval, expected):
+    assert claim7_verdict(interval) == expected
+    assert claim7_verdict(laws.Interval(0.0, *interval)) == expected
 
 
 @pytest.mark.parametrize("base, scaled, control, expected", [
@@ -427,18 +458,33 @@ def test_parity_rule(base, scaled, control, expected):
 def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypatch):
     store = tmp_path / "results"
     first = S.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
-    sizes = first.profile.scaling
+    profile = first.profile
+    sizes, k = profile.scaling, profile.networks.count
+    assert first.networks == k >= 2
     for optimizer in S.OPTIMIZERS:
-        (sweep,) = first.sweeps[optimizer]
-        assert [br.batch_size for br in sweep] == list(sizes.batch_sizes)
-        for br in sweep:
-            assert all(t["batch_size"] == br.batch_size for t in br.trials)
-            if br.bracketed:
-                assert br.upper / br.lower == pytest.approx(sizes.final_bracket())
-                assert not next(t for t in br.trials if t["lr"] == br.lower)["diverged"]
-                assert next(t for t in br.trials if t["lr"] == br.upper)["diverged"]
-    assert len(first.prediction) == len(sizes.batch_sizes) * sizes.curvature_draws
+        assert len(first.sweeps[optimizer]) == k * sizes.seeds
+        assert first.sweep_networks[optimizer] == [n for n in range(k) for _ in range(sizes.seeds)]
+        for sweep in first.sweeps[optimizer]:
+            assert [br.batch_size for br in sweep] == list(sizes.batch_sizes)
+            for br in sweep:
+                assert all(t["batch_size"] == br.batch_size for t in br.trials)
+                if br.bracketed:
+                    assert br.upper / br.lower == pytest.approx(sizes.final_bracket())
+                    assert not next(t for t in br.trials if t["lr"] == br.lower)["diverged"]
+                    assert next(t for t in br.trials if t["lr"] == br.upper)["diverged"]
+    # the networks start from different weights: different starting losses
+    assert len(set(first.starting_losses)) == k
+    assert len(first.prediction) == k * len(sizes.batch_sizes) * sizes.curvature_draws
+    assert sorted(first.prediction.network.unique()) == list(range(k))
     assert len(first.parity) == 8 * sizes.parity_seeds and first.noise["num_samples"] == sizes.noise_samples
+    assert first.parity.network.tolist() == [s % k for _ in range(8) for s in range(sizes.parity_seeds)]
+    # longer trials at the smallest and the largest B, one pair per network, with the same window
+    assert [[br.batch_size for br in pair] for pair in first.long_sweeps] == \
+        [[min(sizes.batch_sizes), max(sizes.batch_sizes)]] * k
+    horizon = first.horizon_table()
+    assert len(horizon) == 2 * k and set(horizon.columns) >= {"short ratio", "long ratio"}
+    judged = first.judge(n_boot=200)
+    assert set(judged.words) == {4, 5, 7} and all(len(w) == k for w in judged.per_network.values())
 
     def refuse(*args, **kwargs):
         raise AssertionError("a stored result was computed again")
@@ -450,22 +496,66 @@ def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypat
     for optimizer in S.OPTIMIZERS:
         assert again.brackets(optimizer).equals(first.brackets(optimizer))
     assert again.parity.equals(first.parity) and again.noise == first.noise
+    assert again.judge(n_boot=200).words == judged.words          # the same data give the same words
+
+
+def _result(parity_rows, sweeps=None, networks=None, prediction=None):
+    import pandas as pd
+
+    return S.ScalingResult(profile=load_profile("smoke"), sweeps=sweeps or {}, sweep_networks=networks or {},
+                           prediction=prediction if prediction is not None else pd.DataFrame(), noise={},
+                           parity=pd.DataFrame(parity_rows), base_lrs={}, long_sweeps=[], long_horizon=4,
+                           start_epoch=1, starting_losses=[1.0], thresholds=[1.2], dim=1, network_seeds=(0,))
 
 
 def test_parity_accuracies_and_claim_evidence_feed_the_rules():
-    import pandas as pd
-
-    rows = [{"arm": arm, "optimizer": opt, "multiple": m, "seed": s, "test_acc": 40.0 + m / 4 + s, "diverged": False}
-            for arm, opt, multiples, _ in S.PARITY_ARMS for m in multiples for s in (0, 1)]
-    result = S.ScalingResult(profile=load_profile("smoke"), sweeps={}, prediction=pd.DataFrame(), noise={},
-                             parity=pd.DataFrame(rows), base_lrs={}, start_epoch=1, starting_loss=1.0,
-                             threshold=1.2, dim=1)
+    rows = [{"arm": arm, "optimizer": opt, "multiple": m, "seed": s, "network": s, "test_acc": 40.0 + m / 4 + s,
+             "diverged": False} for arm, opt, multiples, _ in S.PARITY_ARMS for m in multiples for s in (0, 1)]
+    result = _result(rows)
     base, scaled, control = result.parity_accuracies("SGD, linear scaling", "SGD, unscaled (control)")
     assert (base, scaled, control) == (40.75, [41.5, 44.5], 44.5)
     assert not parity_holds(base, scaled, control)
+    assert result.parity_accuracies("SGD, linear scaling", "SGD, unscaled (control)", network=1) == \
+        (41.25, [42.0, 45.0], 45.0)
     fit = {"slope_small": laws.Interval(1.0, 0.8, 1.2), "slope": laws.Interval(0.5, 0.4, 0.6), "unbracketed": [],
-           "saturating": {"passes": np.array([True, True, True])}}
-    assert claim4_verdict(**S.ScalingResult.claim_evidence(fit)) == HOLDS
-    assert claim4_verdict(**S.ScalingResult.claim_evidence({**fit, "unbracketed": [256]})) == PARTLY
-    missing = S.ScalingResult.claim_evidence({"unbracketed": [4, 8]})
-    assert claim4_verdict(**missing) == DOES_NOT_HOLD and math.isnan(missing["grid_slope"].low)
+           "saturating": {"passes": np.array([True, True, True]), "critical_batch": laws.Interval(10, 5, 12)}}
+    assert claim4_verdict(**result.claim4_evidence(fit, True)) == HOLDS
+    assert claim4_verdict(**result.claim4_evidence(fit, False)) == PARTLY
+    assert claim4_verdict(**result.claim4_evidence({**fit, "unbracketed": [256]}, True)) == PARTLY
+    missing = result.claim4_evidence({"unbracketed": [4, 8]}, True)
+    assert claim4_verdict(**missing) == INCONCLUSIVE and math.isnan(missing["small_slope"].low)
+
+
+def test_judge_pools_networks_and_judges_each():
+    """Three networks whose brackets follow alpha = 2.5 * 2 / lambda(B) with lambda(B) = 10 + 80 / B: claim 7
+    holds for every network and pooled; the per-network words have one entry per network."""
+    import pandas as pd
+
+    b = [4, 8, 16]
+    lam = {n: {bb: (10 + 80 / bb) * (1 + 0.1 * n) for bb in b} for n in range(3)}
+    sweeps, nets, pred = {}, {}, []
+    for opt in S.OPTIMIZERS:
+        sweeps[opt], nets[opt] = [], []
+        for n in range(3):
+            sweep = []
+            for bb in b:
+                mid = 2.5 * 2 / lam[n][bb]
+                sweep.append(S.Bracket(bb, mid / RATIO ** 0.5, mid * RATIO ** 0.5))
+            sweeps[opt].append(sweep)
+            nets[opt].append(n)
+    for n in range(3):
+        for bb in b:
+            for d in range(2):
+                pred.append({"network": n, "batch_size": bb, "draw": d, "lambda_max": lam[n][bb] * (1 + 0.01 * d)})
+    rows = [{"arm": arm, "optimizer": opt, "multiple": m, "seed": s, "network": s, "test_acc": 40.0,
+             "diverged": False} for arm, opt, multiples, _ in S.PARITY_ARMS for m in multiples for s in range(3)]
+    result = _result(rows, sweeps, nets, pd.DataFrame(pred))
+    result.network_seeds = (0, 1, 2)
+    interval, level = result.mechanism("sgd", n_boot=500)
+    assert interval.contains(0.0) and -CLAIM7_FLAT < interval.low and interval.high < CLAIM7_FLAT
+    assert level == pytest.approx(2.5, rel=0.02)
+    judged = result.judge(n_boot=300)
+    assert judged.words[7] == HOLDS and judged.per_network[7] == [HOLDS] * 3
+    assert len(judged.network_mechanism) == 3
+    table = result.prediction_table()
+    assert table.sgd_ratio.to_numpy() == pytest.approx(2.5, rel=0.02)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hessian_lib.store import ResultsStore
-from hessian_lib.verdicts import CLAIMS, HOLDS, PARTLY, Verdict, load_verdicts, record_verdict
+from hessian_lib.verdicts import (CLAIMS, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, PARTLY, VERDICT_WORDS, Verdict,
+                                  agreement, combine_parts, load_verdicts, record_verdict, weakest)
 
 
 def test_round_trip_and_build_filter(tmp_path):
@@ -18,16 +19,61 @@ def test_round_trip_and_build_filter(tmp_path):
     assert load_verdicts(store, build_id="b1", profile="smoke") == {}
     record_verdict(store, Verdict(claim=2, verdict=PARTLY, summary="s"), build_id="b2", profile="cpu")
     assert load_verdicts(store, build_id="b2", profile="cpu")[2].verdict == PARTLY
+    pooled = Verdict(claim=1, verdict=INCONCLUSIVE, summary="s", per_network=[INCONCLUSIVE, HOLDS, INCONCLUSIVE])
+    record_verdict(store, pooled, build_id="b3", profile="cpu")
+    back = load_verdicts(store, build_id="b3", profile="cpu")[1]
+    assert back == pooled and back.per_network == (INCONCLUSIVE, HOLDS, INCONCLUSIVE)
+    assert back.agreement() == (2, 3) and Verdict(claim=2, verdict=HOLDS, summary="").agreement() is None
 
 
-@pytest.mark.parametrize("claim, word", [(0, HOLDS), (7, HOLDS), (1, "passes"), (1, "not run")])
+@pytest.mark.parametrize("claim, word", [(0, HOLDS), (9, HOLDS), (1, "passes"), (1, "not run")])
 def test_bad_verdicts_are_refused(claim, word):
     with pytest.raises(ValueError):
         Verdict(claim=claim, verdict=word, summary="")
 
 
-def test_six_claims():
-    assert sorted(CLAIMS) == [1, 2, 3, 4, 5, 6]
+def test_per_network_words_must_be_verdict_words():
+    with pytest.raises(ValueError):
+        Verdict(claim=1, verdict=HOLDS, summary="", per_network=(HOLDS, "not resolved"))
+
+
+def test_the_claims_and_the_four_words():
+    assert sorted(CLAIMS) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert VERDICT_WORDS == (HOLDS, PARTLY, INCONCLUSIVE, DOES_NOT_HOLD)
+
+
+def test_weakest_orders_the_words():
+    assert weakest([HOLDS, PARTLY]) == PARTLY
+    assert weakest([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert weakest([INCONCLUSIVE, DOES_NOT_HOLD]) == DOES_NOT_HOLD
+    with pytest.raises(ValueError):
+        weakest([])
+
+
+@pytest.mark.parametrize("words, combined", [
+    ([HOLDS, HOLDS], HOLDS),
+    ([DOES_NOT_HOLD, DOES_NOT_HOLD], DOES_NOT_HOLD),
+    ([HOLDS, DOES_NOT_HOLD], PARTLY),                  # holds at some part, fails at another
+    ([PARTLY], PARTLY),
+    ([HOLDS, INCONCLUSIVE], INCONCLUSIVE),             # not established over every part
+    ([INCONCLUSIVE, DOES_NOT_HOLD], DOES_NOT_HOLD),    # fails somewhere, holds nowhere
+    ([INCONCLUSIVE], INCONCLUSIVE),
+    ([PARTLY, INCONCLUSIVE], PARTLY),
+])
+def test_combine_parts(words, combined):
+    assert combine_parts(words) == combined
+
+
+def test_combine_parts_refuses_other_words():
+    with pytest.raises(ValueError):
+        combine_parts([])
+    with pytest.raises(ValueError):
+        combine_parts([HOLDS, "not resolved"])
+
+
+def test_agreement_counts_the_networks_with_the_pooled_word():
+    assert agreement(HOLDS, [HOLDS, INCONCLUSIVE, HOLDS]) == (2, 3)
+    assert agreement(DOES_NOT_HOLD, []) == (0, 0)
 
 
 # --- Claim 2 (Theory chapter): the rule at its boundaries, on synthetic numbers ----------------------
@@ -91,10 +137,14 @@ def test_scoreboard_reads_only_this_build(tmp_path):
     record_verdict(store, Verdict(claim=2, verdict=HOLDS, summary="3 of 3", scale="P = 800",
                                   evidence="book/01_theory.html#theory-verdict"), build_id="b1", profile="cpu")
     record_verdict(store, Verdict(claim=1, verdict=PARTLY, summary="old"), build_id="b0", profile="cpu")
+    record_verdict(store, Verdict(claim=3, verdict=HOLDS, summary="s", per_network=(HOLDS, HOLDS, INCONCLUSIVE)),
+                   build_id="b1", profile="cpu")
     rows = scoreboard(store, build_id="b1", profile="cpu", chapters=["book/01_theory", "02_spectra", "scoreboard"])
-    assert [r.claim for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r.claim for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
     words = {r.claim: r.verdict for r in rows}
-    assert words == {1: NOT_RUN, 2: HOLDS, 3: NOT_RUN, 4: NO_CHAPTER, 5: NO_CHAPTER, 6: NO_CHAPTER}
+    assert words == {1: NOT_RUN, 2: HOLDS, 3: HOLDS, 4: NO_CHAPTER, 5: NO_CHAPTER, 6: NO_CHAPTER, 7: NO_CHAPTER,
+                     8: NO_CHAPTER}
     assert rows[1].evidence == "01_theory.html#theory-verdict" and rows[1].numbers == "3 of 3"
     assert rows[0].evidence == "02_spectra.html" and rows[3].evidence == ""
+    assert rows[2].agreement() == "2 of 3 networks" and rows[1].agreement() == "" and rows[0].agreement() == ""
     assert scoreboard(store, build_id="b2", profile="cpu", chapters=["01_theory"])[1].verdict == NOT_RUN

@@ -16,10 +16,14 @@ from hessian_lib.experiments.training import (
     curvature_inputs,
     load_subsets,
     max_stable_lr_sweep,
+    measured_model,
     model_from_profile,
+    network_seeds,
+    refresh_batchnorm,
     sweep,
     train_config,
     train_experiment,
+    train_networks,
 )
 
 __all__ = [
@@ -29,8 +33,12 @@ __all__ = [
     "curvature_inputs",
     "load_subsets",
     "max_stable_lr_sweep",
+    "measured_model",
     "model_from_profile",
+    "network_seeds",
+    "refresh_batchnorm",
     "sweep",
     "train_config",
     "train_experiment",
+    "train_networks",
 ]

@@ -1,8 +1,9 @@
 r"""Scaling experiments: the largest stable learning rate against batch size, measured and predicted.
 
-Everything starts from one set of weights: a checkpoint of the profile's shared training run
-(:func:`~hessian_lib.experiments.training.train_experiment`), so no trial starts from
-initialisation.
+Everything starts from the profile's K independently trained networks, each at one checkpoint
+(:func:`~hessian_lib.experiments.training.train_networks`) with its BatchNorm statistics refreshed at
+full resolution, so no trial starts from initialisation and every interval can carry the
+variation between networks.
 
 * **Divergence trials** (:func:`divergence_trial`): ``steps`` optimiser steps at one constant
   learning rate and batch size, with :func:`~hessian_lib.train.fit`, BatchNorm on its running
@@ -18,8 +19,12 @@ initialisation.
   :math:`2(1+\beta)/\lambda_{\max}(H_B)` (heavy ball).
 * **Gradient noise scale** (:func:`noise_scale`): :math:`B_{\mathrm{simple}}` at the same weights.
 * **Parity** (:func:`parity_runs`): training runs at B0, 4 B0, 16 B0 with scaled learning rates.
+* **Longer trials**: plain SGD at the smallest and largest B with ``long_horizon`` times the steps,
+  to see whether the measured rate depends on the trial's length.
 
-:func:`run_scaling` runs (or loads) all of it for a profile and returns a :class:`ScalingResult`.
+:func:`run_scaling` runs (or loads) all of it for a profile and returns a
+:class:`~hessian_lib.experiments.scaling_analysis.ScalingResult`, whose ``judge()`` applies the
+rules of claims 4, 5 and 7.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -44,9 +49,19 @@ from hessian_lib.data import load_cifar100, normalize, stratified_indices
 from hessian_lib.experiments.training import (
     curvature_inputs,
     load_subsets,
+    measured_model,
     model_from_profile,
+    network_seeds,
     train_config,
     train_experiment,
+)
+from hessian_lib.experiments.scaling_analysis import (
+    OPTIMIZER_LABELS,
+    OPTIMIZERS,
+    PARITY_ARMS,
+    Bracket,
+    ScalingJudgement,
+    ScalingResult,
 )
 from hessian_lib.profiles import Profile, ScalingSizes, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, config_key
@@ -54,8 +69,11 @@ from hessian_lib.train import StepInfo, TrainCallback, derive_seed, evaluate, fi
 
 __all__ = [
     "OPTIMIZERS",
+    "OPTIMIZER_LABELS",
+    "PARITY_ARMS",
     "Bracket",
     "LrLattice",
+    "ScalingJudgement",
     "ScalingResult",
     "bisect_max_lr",
     "curvature_prediction",
@@ -68,13 +86,9 @@ __all__ = [
 ]
 
 #: Changes whenever a trial, a prediction or a parity run would give another result for the same config.
-SCALING_VERSION = 1
+SCALING_VERSION = 2
 #: Seeds of the class-stratified image draws (the same images for every run seed).
 TRIAL_SUBSET_SEED, PARITY_SUBSET_SEED, TEST_SUBSET_SEED = 2, 3, 4
-#: The optimisers of the sweeps: plain SGD, heavy-ball SGD with the profile's momentum, Adam.
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
-#: How the chapter names them.
-OPTIMIZER_LABELS: dict[str, str] = {"sgd": "SGD", "momentum": "SGD + momentum", "adam": "Adam"}
 
 
 def _seed(*parts: Any) -> int:
@@ -172,42 +186,22 @@ def bisect_max_lr(diverges: Callable[[int], bool], *, start: int = 0, rung: int 
     return BisectionResult(lower, upper, tuple(order))
 
 
-@dataclass
-class Bracket:
-    """The final bracket of one batch size's search.
-
-    ``lower``: the largest stable learning rate tried below the first diverged one, ``upper``: the
-    smallest diverged one (``nan`` when the search ran out of rungs on that side); ``trials``: the
-    records of the trials in the order they ran (``lr``, ``index``, ``diverged``, ``losses``, ...).
-    """
-
-    batch_size: int
-    lower: float
-    upper: float
-    trials: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def bracketed(self) -> bool:
-        """Both ends were found."""
-        return math.isfinite(self.lower) and math.isfinite(self.upper)
-
-
 def lr_sweep(
     run_trial: Callable[[int, int], Mapping[str, Any]],
     batch_sizes: Sequence[int],
     lattice: LrLattice,
     *,
     max_ladder_steps: int = 8,
+    start: int = 0,
 ) -> list[Bracket]:
     """One :func:`bisect_max_lr` search per batch size, in increasing order.
 
     ``run_trial(batch_size, index)`` runs or loads the trial at :math:`\\alpha_{index}` and returns
     its record (a mapping with at least ``diverged``). The first batch size starts the ladder at
-    index 0, each later one at the previous one's stable end (or a rung below its diverged end),
+    index ``start``, each later one at the previous one's stable end (or a rung below its diverged end),
     which saves trials and, for a monotone threshold, ends in the same lattice cell.
     """
     brackets: list[Bracket] = []
-    start = 0
     for b in sorted(int(v) for v in batch_sizes):
         records: dict[int, Mapping[str, Any]] = {}
 
@@ -352,14 +346,18 @@ def divergence_trial(model: nn.Module, train: Any, recipe: TrainSizes, *, steps:
 
 
 class _Start:
-    """The starting weights and the images of the experiments, loaded on first use."""
+    """One network's starting weights and the images of the experiments, loaded on first use.
+
+    ``seed``: the network's training seed (:func:`~hessian_lib.experiments.training.network_seeds`).
+    """
 
     def __init__(self, profile: Profile, *, seed: int, data_root: Any, device: Any,
                  store: ResultsStore | None, quiet: bool) -> None:
         self.profile, self.seed, self.data_root, self.store, self.quiet = profile, seed, data_root, store, quiet
         self.device = resolve_device(device)
         self.epoch = profile.scaling.start_epoch(profile.train)
-        self.config = {"train": config_key(train_config(profile, seed)), "epoch": self.epoch}
+        self.config = {"train": config_key(train_config(profile, seed)), "epoch": self.epoch,
+                       "bn_refresh_images": profile.networks.bn_refresh_images}
         self._model: nn.Module | None = None
         self._run: Any = None
         self._subsets: Any = None
@@ -374,9 +372,10 @@ class _Start:
 
     @property
     def model(self) -> nn.Module:
-        """The network at the starting checkpoint, in eval mode, on the CPU (copy it before training)."""
+        """The network at the starting checkpoint, in eval mode, on the CPU, BatchNorm statistics refreshed at full
+        resolution (:func:`~hessian_lib.experiments.training.measured_model`); copy it before training."""
         if self._model is None:
-            self._model = self.run.model_at(self.epoch)
+            self._model = measured_model(self.run, self.epoch, self.profile, self.data_root)
         return self._model
 
     @property
@@ -429,15 +428,23 @@ def _start_lr(sizes: ScalingSizes, optimizer: str) -> float:
     return {"sgd": sizes.sgd_start_lr, "momentum": sizes.momentum_start_lr, "adam": sizes.adam_start_lr}[optimizer]
 
 
-def _sweep(start: _Start, optimizer: str, sweep_seed: int, progress: Any = None) -> list[Bracket]:
+def _sweep(start: _Start, optimizer: str, sweep_seed: int, progress: Any = None, *, horizon: int = 1,
+           batch_sizes: Sequence[int] | None = None, start_index: int = 0) -> list[Bracket]:
+    """One sweep of ``optimizer`` from ``start`` over ``batch_sizes`` (default: the profile's grid).
+
+    ``horizon``: trials of ``horizon`` times the profile's steps with the same loss window and
+    seed, so a longer trial repeats the shorter one's first steps and can only diverge earlier in
+    the learning rate; ``start_index``: the lattice index the first ladder starts at.
+    """
     profile, sizes = start.profile, start.profile.scaling
     lattice = LrLattice.from_sizes(sizes, _start_lr(sizes, optimizer))
+    steps, window = sizes.steps * horizon, sizes.loss_window
     base = {"experiment": "scaling-trial", "version": SCALING_VERSION, "start": start.config,
             "recipe": dataclasses.asdict(profile.train), "optimizer": optimizer,
             "momentum": sizes.momentum if optimizer == "momentum" else 0.0,
-            "steps": sizes.steps, "frozen_steps": sizes.adam_state_steps if optimizer == "adam" else 0,
+            "steps": steps, "frozen_steps": sizes.adam_state_steps if optimizer == "adam" else 0,
             "images": sizes.train_subset, "divergence_factor": sizes.divergence_factor,
-            "loss_window": sizes.loss_window, "seed": sweep_seed}
+            "loss_window": window, "seed": sweep_seed}
     threshold: list[float] = []
 
     def run_trial(batch_size: int, index: int) -> dict[str, Any]:
@@ -448,9 +455,9 @@ def _sweep(start: _Start, optimizer: str, sweep_seed: int, progress: Any = None)
             if not threshold:
                 threshold.append(sizes.divergence_factor * start.starting_loss())
             recipe = trial_recipe(profile.train, sizes, optimizer, batch_size=batch_size, lr=lr,
-                                  steps=sizes.steps + base["frozen_steps"], n_train=sizes.train_subset)
-            return divergence_trial(start.model, start.trial_images, recipe, steps=sizes.steps,
-                                    threshold=threshold[0], window=sizes.loss_window,
+                                  steps=steps + base["frozen_steps"], n_train=sizes.train_subset)
+            return divergence_trial(start.model, start.trial_images, recipe, steps=steps,
+                                    threshold=threshold[0], window=window,
                                     frozen_steps=base["frozen_steps"], device=start.device,
                                     seed=_seed(sweep_seed, optimizer, batch_size, lr))
 
@@ -460,7 +467,8 @@ def _sweep(start: _Start, optimizer: str, sweep_seed: int, progress: Any = None)
             progress.set_postfix_str(f"{OPTIMIZER_LABELS[optimizer]}, B={batch_size}, lr={lr:.3g}")
         return record
 
-    return lr_sweep(run_trial, sizes.batch_sizes, lattice, max_ladder_steps=sizes.max_ladder_steps)
+    return lr_sweep(run_trial, sizes.batch_sizes if batch_sizes is None else batch_sizes, lattice,
+                    max_ladder_steps=sizes.max_ladder_steps, start=start_index)
 
 
 # ----------------------------------------------------------------------------- prediction and noise
@@ -501,39 +509,32 @@ def noise_scale(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.
 # ----------------------------------------------------------------------------- parity
 
 
-#: The parity arms: (name, optimiser, batch multiples of B0, rule). ``rule``: how the base
-#: learning rate is scaled with B/B0 (``linear``, ``sqrt`` or ``none``).
-PARITY_ARMS: tuple[tuple[str, str, tuple[int, ...], str], ...] = (
-    ("SGD, linear scaling", "momentum", (1, 4, 16), "linear"),
-    ("SGD, unscaled (control)", "momentum", (16,), "none"),
-    ("Adam, square-root scaling", "adam", (1, 4, 16), "sqrt"),
-    ("Adam, linear scaling (control)", "adam", (16,), "linear"),
-)
-
-
 def _scaled(base_lr: float, multiple: int, rule: str) -> float:
     return base_lr * {"linear": multiple, "sqrt": math.sqrt(multiple), "none": 1.0}[rule]
 
 
-def parity_runs(start: "_Start", base_lrs: Mapping[str, float], *, progress: Any = None) -> pd.DataFrame:
+def parity_runs(starts: "Sequence[_Start]", base_lrs: Mapping[str, float], *, progress: Any = None) -> pd.DataFrame:
     """Train every arm of :data:`PARITY_ARMS` for every parity seed; one row per run.
 
+    ``starts``: the networks' starting points; parity seed s starts from network s mod K.
     ``base_lrs``: the learning rate at B0 per optimiser (``momentum``, ``adam``). Columns: ``arm``,
-    ``optimizer``, ``multiple``, ``batch_size``, ``lr``, ``seed``, ``diverged``, ``test_acc`` (%),
-    ``train_loss``, ``seconds``. Runs are cached in the store.
+    ``optimizer``, ``multiple``, ``batch_size``, ``lr``, ``seed``, ``network``, ``diverged``,
+    ``test_acc`` (%), ``train_loss``, ``seconds``. Runs are cached in the store.
     """
-    sizes = start.profile.scaling
+    sizes = starts[0].profile.scaling
     rows = []
     for arm, optimizer, multiples, rule in PARITY_ARMS:
         for multiple in multiples:
             b = sizes.parity_batch * multiple
             lr = _scaled(base_lrs[optimizer], multiple, rule)
             for s in range(sizes.parity_seeds):
-                run = _parity_run(start, optimizer, b, lr, s)
+                network = s % len(starts)
+                run = _parity_run(starts[network], optimizer, b, lr, s)
                 if progress is not None:
                     progress.update(1)
                 rows.append({"arm": arm, "optimizer": optimizer, "multiple": multiple, "batch_size": b, "lr": lr,
-                             "seed": s, **{k: run[k] for k in ("diverged", "test_acc", "train_loss", "seconds")}})
+                             "seed": s, "network": network,
+                             **{k: run[k] for k in ("diverged", "test_acc", "train_loss", "seconds")}})
     return pd.DataFrame(rows)
 
 
@@ -581,161 +582,6 @@ def _parity_run(start: "_Start", optimizer: str, batch_size: int, lr: float, run
 # ----------------------------------------------------------------------------- everything
 
 
-@dataclass
-class ScalingResult:
-    """What the Scaling chapter shows.
-
-    ``sweeps``: optimiser -> one list of :class:`Bracket` per sweep seed; ``prediction``: the rows
-    of :func:`curvature_prediction`; ``noise``: :func:`noise_scale`'s dict; ``parity``: the rows of
-    :func:`parity_runs`; ``base_lrs``: the parity learning rates at B0; ``start_epoch``,
-    ``starting_loss``, ``threshold`` (the divergence loss), ``dim`` (P), ``seconds`` per part.
-    """
-
-    profile: Profile
-    sweeps: dict[str, list[list[Bracket]]]
-    prediction: pd.DataFrame
-    noise: dict[str, float]
-    parity: pd.DataFrame
-    base_lrs: dict[str, float]
-    start_epoch: int
-    starting_loss: float
-    threshold: float
-    dim: int
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def batch_sizes(self) -> list[int]:
-        return [int(b) for b in self.profile.scaling.batch_sizes]
-
-    def brackets(self, optimizer: str) -> pd.DataFrame:
-        """One row per (seed, B): ``seed``, ``batch_size``, ``lower``, ``upper``, ``bracketed``, ``trials``."""
-        rows = []
-        for s, sweep in enumerate(self.sweeps[optimizer]):
-            for br in sweep:
-                rows.append({"seed": s, "batch_size": br.batch_size, "lower": br.lower, "upper": br.upper,
-                             "bracketed": br.bracketed, "trials": len(br.trials)})
-        return pd.DataFrame(rows)
-
-    def bracket_arrays(self, optimizer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(B [n], lower [seeds, n], upper [seeds, n])`` over the batch sizes bracketed in every seed."""
-        frame = self.brackets(optimizer)
-        ok = frame.groupby("batch_size")["bracketed"].all()
-        keep = [b for b in self.batch_sizes if ok.get(b, False)]
-        frame = frame[frame.batch_size.isin(keep)]
-        lower = frame.pivot(index="seed", columns="batch_size", values="lower")[keep].to_numpy()
-        upper = frame.pivot(index="seed", columns="batch_size", values="upper")[keep].to_numpy()
-        return np.asarray(keep, dtype=float), lower, upper
-
-    def fits(self, optimizer: str, *, smallest: int = 3, level: float = 0.95, n_boot: int = 4000) -> dict[str, Any]:
-        """Fits to the final brackets of the batch sizes bracketed in every seed, with bootstrap intervals.
-
-        ``slope``: log-log slope over them; ``slope_small``: over the ``smallest`` smallest batch
-        sizes of the grid (absent unless all of those are bracketed); ``saturating`` and ``sqrt``:
-        :func:`~hessian_lib.scaling.fit_saturating_brackets` and the square-root law
-        (:func:`~hessian_lib.scaling.fit_power_brackets`); ``unbracketed``: the grid points left out.
-        """
-        b, lower, upper = self.bracket_arrays(optimizer)
-        out: dict[str, Any] = {"batch_sizes": b, "lower": lower, "upper": upper,
-                               "unbracketed": sorted(set(self.batch_sizes) - {int(v) for v in b})}
-        if b.size >= 2:
-            out["slope"] = laws.bootstrap_slope(b, lower, upper, level=level, n_boot=n_boot, seed=1)
-        first = self.batch_sizes[:smallest]
-        if smallest >= 2 and [int(v) for v in b[:smallest]] == first:
-            out["slope_small"] = laws.bootstrap_slope(b[:smallest], lower[:, :smallest], upper[:, :smallest],
-                                                      level=level, n_boot=n_boot, seed=2)
-        if b.size >= 3:
-            out["saturating"] = laws.fit_saturating_brackets(b, lower, upper, level=level, seed=3)
-            out["sqrt"] = laws.fit_power_brackets(b, lower, upper, 0.5, level=level, seed=4)
-        return out
-
-    @staticmethod
-    def claim_evidence(fit: Mapping[str, Any]) -> dict[str, Any]:
-        """What the claim 4 and 5 rules of :mod:`hessian_lib.verdicts` read from :meth:`fits`: the
-        ``small_slope`` and ``grid_slope`` intervals (NaN when missing) and ``saturating_passes``: a saturating
-        law goes through the final bracket at every grid point (False when a grid point is not bracketed)."""
-        missing = laws.Interval(math.nan, math.nan, math.nan)
-        passes = "saturating" in fit and bool(np.all(fit["saturating"]["passes"])) and not fit["unbracketed"]
-        return {"small_slope": fit.get("slope_small", missing), "grid_slope": fit.get("slope", missing),
-                "saturating_passes": passes}
-
-    @staticmethod
-    def fit_table(fits: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-        """One row per optimiser: the slopes, the saturating law and the square-root law with their intervals."""
-        def show(interval: Any) -> str:
-            return str(interval) if interval is not None else "n/a"
-
-        rows = []
-        for optimizer, fit in fits.items():
-            sat, sqrt = fit.get("saturating"), fit.get("sqrt")
-            n = len(fit["batch_sizes"])
-            rows.append({
-                "optimiser": OPTIMIZER_LABELS[optimizer],
-                "bracketed B": f"{n} of {n + len(fit['unbracketed'])}",
-                "slope, smallest B": show(fit.get("slope_small")),
-                "slope, all B": show(fit.get("slope")),
-                "lr_inf": show(sat["lr_inf"]) if sat else "n/a",
-                "B*": show(sat["critical_batch"]) if sat else "n/a",
-                "saturating law through": f"{int(np.sum(sat['passes']))} of {n}" if sat else "n/a",
-                "sqrt law through": f"{int(np.sum(sqrt['passes']))} of {n}" if sqrt else "n/a",
-            })
-        return pd.DataFrame(rows)
-
-    def parity_accuracies(self, scaled_arm: str, control_arm: str) -> tuple[float, list[float], float]:
-        """``(at B0, [at each larger B of the scaled arm], control)``: mean final test accuracies (%) over seeds,
-        the inputs of :func:`hessian_lib.verdicts.parity_holds`. Arms are names from :data:`PARITY_ARMS`."""
-        means = self.parity.groupby(["arm", "multiple"]).test_acc.mean()
-        scaled = means[scaled_arm]
-        control = means[control_arm]
-        return float(scaled[1]), [float(v) for m, v in scaled.items() if m != 1], float(control.iloc[-1])
-
-    def parity_table(self) -> pd.DataFrame:
-        """Per arm and batch size: the learning rate, the mean, standard deviation, min and max of the final
-        test accuracy over seeds (%), and how many runs diverged."""
-        grouped = self.parity.groupby(["arm", "batch_size"], sort=False)
-        table = grouped.agg(lr=("lr", "first"), mean=("test_acc", "mean"), sd=("test_acc", "std"),
-                            low=("test_acc", "min"), high=("test_acc", "max"), diverged=("diverged", "sum"),
-                            runs=("seed", "count"))
-        return table.reset_index()
-
-    def trials(self) -> pd.DataFrame:
-        """Every trial: ``optimizer``, ``seed``, ``batch_size``, ``lr``, ``diverged``, ``diverged_step``, ``seconds``."""
-        rows = []
-        for optimizer, sweeps in self.sweeps.items():
-            for s, sweep in enumerate(sweeps):
-                for br in sweep:
-                    for t in br.trials:
-                        rows.append({"optimizer": optimizer, "seed": s, "batch_size": br.batch_size, "lr": t["lr"],
-                                     "diverged": bool(t["diverged"]), "diverged_step": int(t["diverged_step"]),
-                                     "seconds": float(t["seconds"])})
-        return pd.DataFrame(rows)
-
-    def prediction_table(self) -> pd.DataFrame:
-        """Per B: mean and range of lambda_max, and measured over predicted for plain and momentum SGD.
-
-        The prediction is :math:`2/\\bar\\lambda` (and :math:`2(1+\\beta)/\\bar\\lambda`) with
-        :math:`\\bar\\lambda` the mean over draws; the measured value is the geometric midpoint of the
-        final bracket (mean over seeds of its logarithm); ``nan`` where not bracketed.
-        """
-        beta = self.profile.scaling.momentum
-        grouped = self.prediction.groupby("batch_size")["lambda_max"]
-        rows = []
-        for b in self.batch_sizes:
-            lam = grouped.get_group(b).to_numpy()
-            row = {"batch_size": b, "lambda_max": float(lam.mean()), "lambda_min_draw": float(lam.min()),
-                   "lambda_max_draw": float(lam.max())}
-            for optimizer, numerator in (("sgd", 2.0), ("momentum", 2.0 * (1 + beta))):
-                predicted = numerator / row["lambda_max"]
-                frame = self.brackets(optimizer)
-                frame = frame[(frame.batch_size == b) & frame.bracketed]
-                measured = float(np.exp(np.mean(0.5 * (np.log(frame.lower) + np.log(frame.upper))))) \
-                    if len(frame) else math.nan
-                row[f"{optimizer}_predicted"] = predicted
-                row[f"{optimizer}_measured"] = measured
-                row[f"{optimizer}_ratio"] = measured / predicted
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-
 def _parity_base(sizes: ScalingSizes, sweeps: Mapping[str, list[list[Bracket]]]) -> dict[str, float]:
     """The learning rates at B0: the profile's, or ``parity_lr_fraction`` times the measured lower end at B0."""
     out = {}
@@ -753,6 +599,25 @@ def _parity_base(sizes: ScalingSizes, sweeps: Mapping[str, list[list[Bracket]]])
     return out
 
 
+def _lattice_index(bracket: Bracket, lr: float) -> int:
+    """The lattice index of the trial of ``bracket`` at ``lr``."""
+    return int(next(t["index"] for t in bracket.trials if t["lr"] == lr))
+
+
+def _long_sweeps(start: _Start, short: list[Bracket], sweep_seed: int, progress: Any = None) -> list[Bracket]:
+    """Plain SGD at the smallest and the largest B of the grid with trials ``scaling.long_horizon`` times longer,
+    each ladder starting where the short sweep's bracket ended."""
+    sizes = start.profile.scaling
+    out = []
+    for b in (min(sizes.batch_sizes), max(sizes.batch_sizes)):
+        br = next(x for x in short if x.batch_size == b)
+        index = _lattice_index(br, br.lower) if math.isfinite(br.lower) else \
+            (_lattice_index(br, br.upper) if math.isfinite(br.upper) else 0)
+        out += _sweep(start, "sgd", sweep_seed, progress, horizon=sizes.long_horizon, batch_sizes=[b],
+                      start_index=index)
+    return out
+
+
 def run_scaling(
     profile: str | Profile = "cpu",
     *,
@@ -766,14 +631,18 @@ def run_scaling(
 ) -> ScalingResult:
     """Run (or load from ``store``) every experiment of the Scaling chapter; see the module docstring.
 
-    The profile's training run is trained first if the store does not hold it. With a store,
-    every trial, prediction and parity run is cached, so an interrupted call resumes.
+    The profile's K networks (``networks.count``, seeds :func:`~hessian_lib.experiments.training.network_seeds`)
+    are trained first if the store does not hold them. Every optimiser gets ``scaling.seeds`` sweeps
+    from each network, and every network its curvature prediction and longer plain-SGD trials;
+    the gradient noise scale is measured on network 0. With a store, every trial, prediction and
+    parity run is cached, so an interrupted call resumes.
     """
     profile = load_profile(profile, overrides)
     sizes = profile.scaling
     if store is not None and not isinstance(store, ResultsStore):
         store = ResultsStore(store)
-    start = _Start(profile, seed=seed, data_root=data_root, device=device, store=store, quiet=quiet)
+    seeds = network_seeds(seed, profile.networks.count)
+    starts = [_Start(profile, seed=s, data_root=data_root, device=device, store=store, quiet=quiet) for s in seeds]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -781,46 +650,63 @@ def run_scaling(
         bar = tqdm(desc="scaling", unit="run")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    sweeps = {opt: [_sweep(start, opt, _seed(seed, "sweep", s), bar) for s in range(sizes.seeds)]
-              for opt in OPTIMIZERS}
+    sweeps: dict[str, list[list[Bracket]]] = {opt: [] for opt in OPTIMIZERS}
+    sweep_networks: dict[str, list[int]] = {opt: [] for opt in OPTIMIZERS}
+    for opt in OPTIMIZERS:
+        for k, start in enumerate(starts):
+            for s in range(sizes.seeds):
+                sweeps[opt].append(_sweep(start, opt, _seed(start.seed, "sweep", s), bar))
+                sweep_networks[opt].append(k)
     seconds["sweeps"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    curvature_config = {"experiment": "scaling-prediction", "version": SCALING_VERSION, "start": start.config,
-                        "images": sizes.curvature_images, "batch_sizes": list(sizes.batch_sizes),
-                        "draws": sizes.curvature_draws, "lanczos_steps": sizes.lanczos_steps,
-                        "momentum": sizes.momentum, "label_smoothing": profile.train.label_smoothing,
-                        "weight_decay": profile.train.weight_decay, "seed": seed}
+    long_sweeps = [_long_sweeps(start, sweeps["sgd"][sweep_networks["sgd"].index(k)], _seed(start.seed, "sweep", 0),
+                                bar) for k, start in enumerate(starts)]
+    seconds["long trials"] = time.perf_counter() - t0
 
-    def predict() -> dict[str, Any]:
-        x, y = curvature_inputs(profile, data_root, "cpu", size=sizes.curvature_images)
-        frame = curvature_prediction(start.model, start.loss_fn(), x, y, sizes.batch_sizes,
-                                     draws=sizes.curvature_draws, lanczos_steps=sizes.lanczos_steps,
-                                     momentum=sizes.momentum, weight_decay=profile.train.weight_decay, seed=seed)
-        return {"rows": frame.to_dict(orient="records")}
+    t0 = time.perf_counter()
+    frames = []
+    for k, start in enumerate(starts):
+        curvature_config = {"experiment": "scaling-prediction", "version": SCALING_VERSION, "start": start.config,
+                            "images": sizes.curvature_images, "batch_sizes": list(sizes.batch_sizes),
+                            "draws": sizes.curvature_draws, "lanczos_steps": sizes.lanczos_steps,
+                            "momentum": sizes.momentum, "label_smoothing": profile.train.label_smoothing,
+                            "weight_decay": profile.train.weight_decay, "seed": start.seed}
 
-    prediction = pd.DataFrame(_cached(store, curvature_config, predict)["rows"])
+        def predict(start: _Start = start) -> dict[str, Any]:
+            x, y = curvature_inputs(profile, data_root, "cpu", size=sizes.curvature_images)
+            frame = curvature_prediction(start.model, start.loss_fn(), x, y, sizes.batch_sizes,
+                                         draws=sizes.curvature_draws, lanczos_steps=sizes.lanczos_steps,
+                                         momentum=sizes.momentum, weight_decay=profile.train.weight_decay,
+                                         seed=start.seed)
+            return {"rows": frame.to_dict(orient="records")}
+
+        frames.append(pd.DataFrame(_cached(store, curvature_config, predict)["rows"]).assign(network=k))
+    prediction = pd.concat(frames, ignore_index=True)
     seconds["prediction"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    noise_config = {"experiment": "scaling-noise", "version": SCALING_VERSION, "start": start.config,
+    first = starts[0]
+    noise_config = {"experiment": "scaling-noise", "version": SCALING_VERSION, "start": first.config,
                     "images": sizes.noise_samples, "label_smoothing": profile.train.label_smoothing}
 
     def measure_noise() -> dict[str, float]:
         x, y = curvature_inputs(profile, data_root, "cpu", size=sizes.noise_samples)
-        return noise_scale(start.model, start.loss_fn(), x, y)
+        return noise_scale(first.model, first.loss_fn(), x, y)
 
     noise = _cached(store, noise_config, measure_noise)
     seconds["noise"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     base_lrs = _parity_base(sizes, sweeps)
-    parity = parity_runs(start, base_lrs, progress=bar)
+    parity = parity_runs(starts, base_lrs, progress=bar)
     seconds["parity"] = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    starting_loss = start.starting_loss()
+    losses = [start.starting_loss() for start in starts]
     dim = sum(p.numel() for p in model_from_profile(profile).parameters())
-    return ScalingResult(profile=profile, sweeps=sweeps, prediction=prediction, noise=noise, parity=parity,
-                         base_lrs=base_lrs, start_epoch=start.epoch, starting_loss=starting_loss,
-                         threshold=sizes.divergence_factor * starting_loss, dim=int(dim), seconds=seconds)
+    return ScalingResult(profile=profile, sweeps=sweeps, sweep_networks=sweep_networks, prediction=prediction,
+                         noise=noise, parity=parity, base_lrs=base_lrs, long_sweeps=long_sweeps,
+                         long_horizon=sizes.long_horizon, start_epoch=starts[0].epoch, starting_losses=losses,
+                         thresholds=[sizes.divergence_factor * v for v in losses], dim=int(dim),
+                         network_seeds=seeds, seconds=seconds)

@@ -39,7 +39,8 @@ from hessian_lib import rmt, scaling, verdicts
 from hessian_lib.curvature import GGNOperator, HessianOperator, batch_operator, dense_ggn, dense_hessian, lanczos
 from hessian_lib.device import resolve_device
 from hessian_lib.experiments.theory import child_seed
-from hessian_lib.experiments.training import TrainResult, curvature_inputs, train_experiment
+from hessian_lib.experiments.training import (TrainResult, curvature_inputs, measured_model, network_seeds,
+                                              train_experiment)
 from hessian_lib.models.mlp import PooledMLP
 from hessian_lib.profiles import Profile, SpectraSizes, load_profile
 from hessian_lib.store import ResultsStore
@@ -52,12 +53,14 @@ __all__ = [
     "RESIDUAL_TOLERANCE",
     "TARGET_SE_FRACTION",
     "SpectraResult",
+    "SpectraStudy",
     "dense_validation",
     "extreme_ritz",
     "fit_shift_exponent",
     "network_state",
     "per_sample_noise_scale",
     "plan_draws",
+    "pool_shift",
     "required_draws",
     "run_spectra",
     "shift_statistics",
@@ -312,6 +315,108 @@ def fit_shift_exponent(x: Any, shift: Any, se: Any, confidence: float = verdicts
     return out
 
 
+#: Replicates of the two-stage bootstrap that pools the shift over independently trained networks.
+POOL_REPLICATES = 2000
+#: The pooled interval of gamma is left undefined (NaN) when more than this fraction of the replicates cannot
+#: be fitted (fewer than three batch sizes with a positive shift).
+POOL_MAX_UNFITTED = 0.025
+
+
+def _weighted_slopes(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares slopes of y [R, n] on x [n] with weights w [R, n] (0 leaves a point out); NaN
+    where fewer than three points or fewer than two distinct x values are left."""
+    sw = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (w * x).sum(axis=1) / sw
+        my = (w * np.where(w > 0, y, 0.0)).sum(axis=1) / sw
+        dx = x[None, :] - mx[:, None]
+        sxx = (w * dx**2).sum(axis=1)
+        sxy = (w * dx * np.where(w > 0, y - my[:, None], 0.0)).sum(axis=1)
+        slope = sxy / sxx
+    enough = ((w > 0).sum(axis=1) >= 3) & (sxx > 1e-12 * np.maximum((w * x**2).sum(axis=1), 1e-300))
+    return np.where(enough, slope, np.nan)
+
+
+def pool_shift(spectra: list[dict[str, Any]], end: str, *, confidence: float = verdicts.GAMMA_CONFIDENCE,
+               replicates: int = POOL_REPLICATES, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+    r"""The shift of one end of one matrix pooled over K independently trained networks, with its exponent.
+
+    ``spectra``: the :func:`spectrum_at` records of the K networks at one checkpoint (same B grid
+    and N). The pooled shift is the mean over networks of each network's :math:`\Delta(B)`. Its
+    standard error and the interval of :math:`\gamma` come from a two-stage bootstrap: each
+    replicate draws K networks with replacement, then, within each network drawn, its batch
+    draws at every B with replacement; so both the variation between networks and the scatter
+    between batches enter. :math:`\gamma` is fitted as in :func:`fit_shift_exponent` (weighted
+    least squares of :math:`\log\Delta` on :math:`\log(1/B - 1/N)`, weights
+    :math:`(\Delta/\mathrm{se})^2` from the pooled numbers, positive shifts only); the interval
+    is the percentile interval of the replicates' :math:`\gamma`, NaN when more than
+    :data:`POOL_MAX_UNFITTED` of them cannot be fitted. Resampling K networks makes a bootstrap
+    spread too narrow by :math:`\sqrt{(K-1)/K}`, so the standard error and the interval are
+    widened about the estimate by :func:`~hessian_lib.scaling.cluster_expansion` (1.22 for K = 3).
+
+    Returns a table with one row per B (``B``, ``x``, ``shift``, ``se``, ``se/shift``, ``draws``:
+    over all networks, ``flagged``, and ``shift net k`` for each network k) whose ``attrs`` hold
+    ``empirical`` (the signed empirical extremes, one per network), ``empirical_flagged`` (per
+    network), and a fit dict: ``gamma``, ``gamma_low``, ``gamma_high``, ``amplitude`` (c),
+    ``n_used``, ``unfitted`` (fraction of replicates), ``networks`` (K).
+    """
+    if not spectra:
+        raise ValueError("pool_shift needs at least one network's spectra")
+    tables = [shift_statistics(sp, end) for sp in spectra]
+    b = tables[0]["B"].to_numpy()
+    if any(not np.array_equal(t["B"].to_numpy(), b) for t in tables) or \
+            len({int(sp["dataset_size"]) for sp in spectra}) != 1:
+        raise ValueError("the networks' spectra must share the batch-size grid and the dataset size")
+    x = tables[0]["x"].to_numpy()
+    k, g = len(spectra), b.size
+    mags, emps = [], []
+    for sp in spectra:
+        value, _ = extreme_ritz(sp["batch_values"], sp["batch_residuals"], end)
+        mags.append(np.abs(value))  # [G, max_draws], NaN beyond the draws made
+        emps.append(abs(float(extreme_ritz(sp["empirical_values"], sp["empirical_residuals"], end)[0])))
+    per_net = np.stack([t["shift"].to_numpy() for t in tables])  # [K, G]
+    shift = per_net.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, k, size=(replicates, k)) if k > 1 else np.zeros((replicates, 1), dtype=int)
+    boot = np.zeros((replicates, g))
+    for slot in range(chosen.shape[1]):
+        for n in range(k):
+            rows = np.flatnonzero(chosen[:, slot] == n)
+            if rows.size == 0:
+                continue
+            for i in range(g):
+                v = mags[n][i][np.isfinite(mags[n][i])]
+                pick = rng.integers(0, v.size, size=(rows.size, v.size))
+                boot[rows, i] += v[pick].mean(axis=1) - emps[n]
+    boot /= chosen.shape[1]
+    expand = scaling.cluster_expansion(k)
+    se = expand * boot.std(axis=0, ddof=1)
+    point = fit_shift_exponent(x, shift, se, confidence)
+    ok = (shift > 0) & (se > 0) & np.isfinite(shift)
+    weights = np.where(ok, (shift / np.where(se > 0, se, 1.0)) ** 2, 0.0)
+    w = np.where(boot > 0, weights[None, :], 0.0)
+    gammas = _weighted_slopes(np.log(x), np.log(np.where(boot > 0, boot, 1.0)), w)
+    unfitted = float(np.mean(~np.isfinite(gammas)))
+    tail = 50.0 * (1.0 - confidence)
+    if unfitted <= POOL_MAX_UNFITTED and np.isfinite(point["gamma"]):
+        low, high = scaling.widen(point["gamma"], *(float(v) for v in np.nanpercentile(gammas, [tail, 100.0 - tail])),
+                                  expand)
+    else:
+        low = high = math.nan
+    table = pd.DataFrame({"B": b, "x": x, "shift": shift, "se": se,
+                          "se/shift": np.where(shift > 0, se / np.where(shift > 0, shift, 1.0), np.inf),
+                          "draws": sum(t["draws"].to_numpy() for t in tables),
+                          "flagged": sum(t["flagged"].to_numpy() for t in tables)})
+    for j in range(k):
+        table[f"shift net {j}"] = per_net[j]
+    table.attrs.update(empirical=[t.attrs["empirical"] for t in tables],
+                       empirical_flagged=[bool(t.attrs["empirical_flagged"]) for t in tables],
+                       fit={"gamma": point["gamma"], "gamma_low": low, "gamma_high": high,
+                            "amplitude": point["amplitude"], "n_used": point["n_used"], "unfitted": unfitted,
+                            "networks": k})
+    return table, table.attrs["fit"]
+
+
 def per_sample_noise_scale(
     model: nn.Module,
     x: torch.Tensor,
@@ -433,16 +538,16 @@ class SpectraResult:
         t = self.shifts(epoch, kind, end)
         return fit_shift_exponent(t["x"], t["shift"], t["se"])
 
+    def end_evidence(self, epoch: int, kind: str, end: str) -> verdicts.ShiftEvidence:
+        """The :class:`~hessian_lib.verdicts.ShiftEvidence` of one end of one matrix at one checkpoint, this network."""
+        t, fit = self.shifts(epoch, kind, end), self.shift_fit(epoch, kind, end)
+        return verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]), fit["gamma_low"], fit["gamma_high"],
+                                      flagged_fraction=float(t["flagged"].sum() / max(t["draws"].sum(), 1)),
+                                      empirical_flagged=bool(t.attrs["empirical_flagged"]))
+
     def evidence(self, kind: str) -> dict[int, dict[str, verdicts.ShiftEvidence]]:
         """epoch -> end -> the :class:`~hessian_lib.verdicts.ShiftEvidence` of the shift rule."""
-        out: dict[int, dict[str, verdicts.ShiftEvidence]] = {}
-        for epoch in self.epochs():
-            out[epoch] = {}
-            for end in ENDS[kind]:
-                t, fit = self.shifts(epoch, kind, end), self.shift_fit(epoch, kind, end)
-                out[epoch][end] = verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]),
-                                                         fit["gamma_low"], fit["gamma_high"])
-        return out
+        return {epoch: {end: self.end_evidence(epoch, kind, end) for end in ENDS[kind]} for epoch in self.epochs()}
 
     def shift_table(self) -> pd.DataFrame:
         """One row per (checkpoint, matrix, end): the shift rule's numbers and the exponent fit."""
@@ -451,15 +556,16 @@ class SpectraResult:
             for kind in KINDS:
                 for end in ENDS[kind]:
                     t, fit = self.shifts(epoch, kind, end), self.shift_fit(epoch, kind, end)
-                    ev = verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]), fit["gamma_low"],
-                                                fit["gamma_high"])
+                    ev = self.end_evidence(epoch, kind, end)
                     rows.append({
                         "epoch": epoch, "matrix": kind, "end": end, "empirical": t.attrs["empirical"],
                         "empirical flagged": t.attrs["empirical_flagged"],
                         "min shift/se": float(np.min(t["shift"] / t["se"])),
                         "significant at every B": ev.significant(),
                         "gamma": fit["gamma"], "gamma low": fit["gamma_low"], "gamma high": fit["gamma_high"],
-                        "regime": ev.regime(), "points fitted": fit["n_used"],
+                        "regime": ev.regime(), "resolved": ev.resolved(),
+                        "word": verdicts.shift_end_verdict(ev) if ev.resolved() else "not resolved",
+                        "points fitted": fit["n_used"],
                         "B at target se": int(np.sum(t["se/shift"] <= TARGET_SE_FRACTION)),
                         "draws": int(t["draws"].sum()), "flagged draws": int(t["flagged"].sum()),
                     })
@@ -539,35 +645,110 @@ class SpectraResult:
         return pd.DataFrame(rows)
 
 
+@dataclass
+class SpectraStudy:
+    """The Spectra chapter over K independently trained networks.
+
+    ``networks``: one :class:`SpectraResult` per network, in the order of ``seeds`` (their training
+    seeds, :func:`~hessian_lib.experiments.training.network_seeds`). Claims 1 and 3 are judged on
+    each network alone (:meth:`network_verdicts`) and on the networks pooled (:meth:`verdict`),
+    whose intervals carry the variation between networks (:func:`pool_shift`).
+    """
+
+    networks: list[SpectraResult]
+    seeds: tuple[int, ...]
+    pool_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._pooled: dict[tuple[int, str, str], tuple[pd.DataFrame, dict[str, float]]] = {}
+
+    @property
+    def first(self) -> SpectraResult:
+        """Network 0 (the one the single-network figures show)."""
+        return self.networks[0]
+
+    @property
+    def dim(self) -> int:
+        return self.first.dim
+
+    @property
+    def n_data(self) -> int:
+        return self.first.n_data
+
+    def epochs(self) -> list[int]:
+        return self.first.epochs()
+
+    def pooled(self, epoch: int, kind: str, end: str) -> tuple[pd.DataFrame, dict[str, float]]:
+        """:func:`pool_shift` of one end of one matrix at one checkpoint over every network (cached)."""
+        key = (epoch, kind, end)
+        if key not in self._pooled:
+            self._pooled[key] = pool_shift([net.spectra[(epoch, kind)] for net in self.networks], end,
+                                           seed=child_seed(self.pool_seed, 7, epoch, KINDS.index(kind),
+                                                           ENDS[kind].index(end)))
+        return self._pooled[key]
+
+    def pooled_evidence(self, epoch: int, kind: str, end: str) -> verdicts.ShiftEvidence:
+        """The pooled :class:`~hessian_lib.verdicts.ShiftEvidence`: an end is flagged empirically when it is in any network."""
+        t, fit = self.pooled(epoch, kind, end)
+        return verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]), fit["gamma_low"], fit["gamma_high"],
+                                      flagged_fraction=float(t["flagged"].sum() / max(t["draws"].sum(), 1)),
+                                      empirical_flagged=any(t.attrs["empirical_flagged"]))
+
+    def evidence(self, kind: str) -> dict[int, dict[str, verdicts.ShiftEvidence]]:
+        """epoch -> end -> the pooled evidence."""
+        return {e: {end: self.pooled_evidence(e, kind, end) for end in ENDS[kind]} for e in self.epochs()}
+
+    def verdict(self, kind: str) -> tuple[str, dict[int, str]]:
+        """The pooled verdict of claim 1 (``"hessian"``) or 3 (``"ggn"``) and its per-checkpoint words."""
+        return verdicts.shift_claim_verdict(self.evidence(kind))
+
+    def network_verdicts(self, kind: str) -> list[str]:
+        """The claim's word from each network's own data, in network order."""
+        return [net.verdict(kind)[0] for net in self.networks]
+
+    def pooled_table(self) -> pd.DataFrame:
+        """One row per (checkpoint, matrix, end): the pooled shift rule's numbers and each network's word there."""
+        rows = []
+        for epoch in self.epochs():
+            for kind in KINDS:
+                for end in ENDS[kind]:
+                    t, fit = self.pooled(epoch, kind, end)
+                    ev = self.pooled_evidence(epoch, kind, end)
+                    per = []
+                    for net in self.networks:
+                        e = net.end_evidence(epoch, kind, end)
+                        per.append(verdicts.shift_end_verdict(e) if e.resolved() else "not resolved")
+                    rows.append({
+                        "epoch": epoch, "matrix": kind, "end": end,
+                        "min shift/se": float(np.min(t["shift"] / t["se"])),
+                        "significant at every B": ev.significant(),
+                        "significant at smallest B": ev.significant_at_smallest(),
+                        "gamma": fit["gamma"], "gamma low": fit["gamma_low"], "gamma high": fit["gamma_high"],
+                        "regime": ev.regime(), "resolved": ev.resolved(),
+                        "word": verdicts.shift_end_verdict(ev) if ev.resolved() else "not resolved",
+                        "per network": per, "draws": int(t["draws"].sum()), "flagged draws": int(t["flagged"].sum()),
+                        "empirical flagged": int(sum(t.attrs["empirical_flagged"])),
+                    })
+        return pd.DataFrame(rows)
+
+
 def _key(profile: Profile, seed: int, epoch: int, kind: str, train_key: str, what: str) -> dict[str, Any]:
     # A checkpoint's results do not depend on which other checkpoints are analysed, nor on the dense panel's sizes.
     sizes = {k: v for k, v in dataclasses.asdict(profile.spectra).items()
              if k not in ("checkpoints", "dense_hidden", "dense_samples")}
-    return {"experiment": "spectra", "version": 3, "what": what, "train": train_key, "epoch": int(epoch),
-            "kind": kind, "bn_mode": BN_MODE, "spectra": sizes, "seed": int(seed)}
+    return {"experiment": "spectra", "version": 4, "what": what, "train": train_key, "epoch": int(epoch),
+            "kind": kind, "bn_mode": BN_MODE, "bn_refresh_images": profile.networks.bn_refresh_images,
+            "spectra": sizes, "seed": int(seed)}
 
 
-def run_spectra(
-    profile: str | Profile = "cpu",
-    *,
-    overrides: dict[str, Any] | None = None,
-    seed: int = 0,
-    data_root: str | os.PathLike | None = None,
-    device: str | torch.device | None = "auto",
-    store: ResultsStore | str | os.PathLike = "results",
-    progress: bool = False,
-) -> SpectraResult:
-    """Train (or load) the profile's network, then compute every spectrum of the chapter, cached in ``store``."""
-    profile = load_profile(profile, overrides)
+def _network_spectra(profile: Profile, run: TrainResult, *, seed: int, data_root: Any, dev: torch.device,
+                     store: ResultsStore, x: torch.Tensor, y: torch.Tensor, progress: bool) -> SpectraResult:
+    """Every spectrum, noise estimate and state of one network, cached in ``store`` (``seed``: its training seed)."""
     sizes = profile.spectra
-    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
-    dev = resolve_device(device)
-    run = train_experiment(profile, seed=seed, data_root=data_root, device=dev, store=store, quiet=not progress)
     missing = [e for e in sizes.checkpoints if e not in run.checkpoints]
     if missing:
         raise ValueError(f"spectra.checkpoints {missing} were not kept by the training run; "
                          f"available epochs: {sorted(run.checkpoints)}")
-    x, y = spectra_dataset(profile, data_root, dev)
     spectra, noise, states = {}, {}, {}
     for epoch in sizes.checkpoints:
         model = None
@@ -575,7 +756,7 @@ def run_spectra(
         def model_now() -> nn.Module:
             nonlocal model
             if model is None:
-                model = run.model_at(epoch, device=dev)
+                model = measured_model(run, epoch, profile, data_root, device=dev)
             return model
 
         states[epoch] = store.cached(_key(profile, seed, epoch, "", run.key, "state"),
@@ -594,3 +775,31 @@ def run_spectra(
     any_spectrum = next(iter(spectra.values()))
     return SpectraResult(train=run, spectra=spectra, noise=noise, states=states, dim=int(any_spectrum["dim"]),
                          n_data=int(any_spectrum["dataset_size"]))
+
+
+def run_spectra(
+    profile: str | Profile = "cpu",
+    *,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    device: str | torch.device | None = "auto",
+    store: ResultsStore | str | os.PathLike = "results",
+    progress: bool = False,
+) -> SpectraStudy:
+    """Train (or load) the profile's K networks, then compute every spectrum of the chapter on each, cached in ``store``.
+
+    Network k (training seed ``network_seeds(seed, K)[k]``) is measured at its checkpoints with
+    BatchNorm statistics refreshed at full resolution (:func:`~hessian_lib.experiments.training.measured_model`);
+    its batch draws and Lanczos start vectors are seeded by its training seed.
+    """
+    profile = load_profile(profile, overrides)
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+    dev = resolve_device(device)
+    seeds = network_seeds(seed, profile.networks.count)
+    runs = [train_experiment(profile, seed=s, data_root=data_root, device=dev, store=store, quiet=not progress)
+            for s in seeds]
+    x, y = spectra_dataset(profile, data_root, dev)
+    networks = [_network_spectra(profile, run, seed=s, data_root=data_root, dev=dev, store=store, x=x, y=y,
+                                 progress=progress) for s, run in zip(seeds, runs)]
+    return SpectraStudy(networks=networks, seeds=seeds, pool_seed=seed)

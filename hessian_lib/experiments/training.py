@@ -17,7 +17,7 @@ from torch import nn
 from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified_indices
 from hessian_lib.models import canonical_name, build_model
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
-from hessian_lib.store import ResultsStore
+from hessian_lib.store import ResultsStore, config_key
 from hessian_lib.train import (StepInfo, TrainCallback, check_batch_size, derive_seed, fit, is_main_process,
                                load_checkpoint, resolve_device)
 
@@ -28,10 +28,14 @@ __all__ = [
     "curvature_inputs",
     "load_subsets",
     "max_stable_lr_sweep",
+    "measured_model",
     "model_from_profile",
+    "network_seeds",
+    "refresh_batchnorm",
     "sweep",
     "train_config",
     "train_experiment",
+    "train_networks",
 ]
 
 #: Changes whenever the trainer's behaviour changes for the same recipe, so no stale run is loaded.
@@ -40,6 +44,8 @@ TRAINER_VERSION = 2
 SUBSET_SEED = 0
 #: Seed of the curvature subset (drawn from the training subset, independently of it).
 CURVATURE_SEED = 1
+#: Seed of the images whose forward passes refresh BatchNorm statistics before a checkpoint is measured.
+BN_REFRESH_SEED = 5
 
 
 # ----------------------------------------------------------------------------- data
@@ -225,6 +231,87 @@ def _from_store(store: ResultsStore, config: dict[str, Any]) -> TrainResult:
     return TrainResult(config=config, key=ResultsStore.key(config), history=rec["history"],
                        diverged=bool(rec["diverged"]), diverged_step=rec["diverged_step"],
                        diverged_loss=rec["diverged_loss"], checkpoints=checkpoints, seconds=float(rec["seconds"]))
+
+
+# ----------------------------------------------------------------------------- independent networks
+
+
+def network_seeds(seed: int, count: int) -> tuple[int, ...]:
+    """The training seeds of the K = ``count`` independent networks of base seed ``seed``.
+
+    Network 0 is trained with ``seed`` itself; network k > 0 with a seed derived from
+    ``(seed, k)`` by hashing, so two base seeds never share a network (in practice) and a
+    network's seed does not depend on K.
+
+    >>> network_seeds(0, 3)[0], len(set(network_seeds(0, 3) + network_seeds(1, 3)))
+    (0, 6)
+    """
+    if count < 1:
+        raise ValueError(f"need at least one network, got {count}")
+    return tuple(int(seed) if k == 0 else int(config_key(["network", int(seed), k]), 16) % (2**31 - 1)
+                 for k in range(int(count)))
+
+
+def train_networks(
+    profile: str | Profile = "cpu",
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    device: str | torch.device | None = "auto",
+    store: ResultsStore | str | os.PathLike | None = None,
+    quiet: bool = True,
+) -> list[TrainResult]:
+    """Train (or load from ``store``) the profile's ``networks.count`` networks, one per :func:`network_seeds`."""
+    profile = load_profile(profile, overrides)
+    return [train_experiment(profile, seed=s, data_root=data_root, device=device, store=store, quiet=quiet)
+            for s in network_seeds(seed, profile.networks.count)]
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128,
+                      device: str | torch.device | None = None) -> nn.Module:
+    """Recompute every BatchNorm layer's running statistics on ``images``; return ``model`` in eval mode.
+
+    ``images``: uint8 [M, 3, 32, 32], seen with test-time transforms (normalised, no augmentation).
+    The statistics are reset and averaged over the batches of ``batch_size`` with equal weight
+    (``momentum=None``), in the order given; the weights are untouched. A model without
+    BatchNorm is returned unchanged (in eval mode).
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.eval()
+    for m in layers:
+        m.train()
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            model(normalize(images[start:start + batch_size].to(dev)))
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.eval()
+    return model
+
+
+def measured_model(run: TrainResult, epoch: int | None, profile: str | Profile,
+                   data_root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of ``run`` at ``epoch`` as every measurement sees it: eval mode, BatchNorm statistics
+    refreshed on ``networks.bn_refresh_images`` class-stratified training images at 32 pixels with
+    test-time transforms (:func:`refresh_batchnorm`; skipped when that is 0)."""
+    profile = load_profile(profile)
+    model = run.model_at(epoch, device=device)
+    n = profile.networks.bn_refresh_images
+    if n:
+        train = load_subsets(profile, data_root).train
+        images = train.subset(stratified_indices(train.labels, n, seed=BN_REFRESH_SEED)).images
+        refresh_batchnorm(model, images, batch_size=profile.train.batch_size, device=device)
+    return model
 
 
 # ----------------------------------------------------------------------------- sweeps
