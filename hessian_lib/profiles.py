@@ -28,6 +28,7 @@ __all__ = [
     "SpectraSizes",
     "LearnerSizes",
     "ScalingSizes",
+    "MixtureSizes",
     "PROFILES",
     "load_profile",
     "profile_names",
@@ -441,6 +442,107 @@ class LearnerSizes:
 
 
 @dataclass(frozen=True)
+class MixtureSizes:
+    """Sizes of the Mixture chapter: a perceptron on a Gaussian mixture against a network on CIFAR-100 images.
+
+    Both sides have ``classes`` (C) classes and K = ``networks.count`` networks (seeds
+    :func:`~hessian_lib.experiments.network_seeds`). **Synthetic side**: a C-class Gaussian mixture
+    in ``dim`` dimensions (:mod:`hessian_lib.mixture`; within-class variances decaying with
+    ``covariance_decay``, 0 isotropic), ``train_samples`` training and ``test_samples`` test
+    samples; a ReLU perceptron with hidden widths ``hidden`` trained for ``mlp_epochs`` epochs at
+    batch ``mlp_batch_size`` and learning rate ``mlp_lr`` (the optimiser, label smoothing, weight
+    decay and warm-up of the ``train`` recipe, linear decay to zero). The chapter's comparison is at
+    ``separation``; ``separations`` (which must include it) is the grid of the outlier count against
+    separation and of the explorer. **Natural side**: the ``train`` section's network, trained
+    afresh on ``cnn_train_images`` images of C CIFAR-100 classes (one fine class from each of the
+    first C superclasses) for ``cnn_epochs`` epochs, the first ``cnn_low_res_epochs`` of them on
+    low-resolution crops, at learning rate ``cnn_lr`` (0: the recipe's); tested on every test
+    image of those classes. **Curvature** on both sides: ``dataset_size`` (N) training samples,
+    products in chunks of ``chunk_size``; the Hessian's spectrum (outliers, near-zero mass, top
+    eigenvectors) from ``lanczos_steps`` Lanczos steps, the GGN's top eigenvectors from
+    ``ggn_steps``; the batch shift of the top eigenvalue with ``shift_steps`` steps for every
+    spectrum, empirical and batch alike, over ``batch_sizes`` with ``min_draws`` to ``max_draws``
+    draws per B within ``batch_images`` samples (as in :func:`hessian_lib.experiments.spectra.spectrum_at`).
+    """
+
+    classes: int = 10
+    dim: int = 32
+    hidden: tuple[int, ...] = (32, 32)
+    separation: float = 2.5
+    separations: tuple[float, ...] = (1.0, 2.0, 2.5, 3.0, 4.0)
+    covariance_decay: float = 0.0
+    train_samples: int = 2_000
+    test_samples: int = 5_000
+    mlp_epochs: int = 30
+    mlp_batch_size: int = 50
+    mlp_lr: float = 0.05
+    cnn_train_images: int = 5_000
+    cnn_epochs: int = 8
+    cnn_low_res_epochs: int = 6
+    cnn_lr: float = 0.2
+    dataset_size: int = 256
+    batch_sizes: tuple[int, ...] = (4, 8, 16, 32)
+    lanczos_steps: int = 50
+    ggn_steps: int = 25
+    shift_steps: int = 15
+    min_draws: int = 3
+    max_draws: int = 6
+    batch_images: int = 600
+    chunk_size: int = 256
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name not in ("covariance_decay", "cnn_low_res_epochs", "cnn_lr"):
+                _positive(f"mixture.{f.name}", getattr(self, f.name))
+        for name in ("covariance_decay", "cnn_low_res_epochs", "cnn_lr"):
+            if getattr(self, name) < 0:
+                raise ProfileError(f"mixture.{name} must not be negative, got {getattr(self, name)}")
+        from hessian_lib.verdicts import CLAIM8_SEARCH_FACTOR
+
+        if not 2 <= self.classes <= 20:
+            raise ProfileError(f"mixture.classes must be in 2..20 (one CIFAR-100 class from each of C of the 20 "
+                               f"superclasses), got {self.classes}")
+        if self.dim < self.classes:
+            raise ProfileError(f"mixture.dim ({self.dim}) must be at least mixture.classes ({self.classes}): the "
+                               "class means are orthonormal directions")
+        if self.separation not in self.separations or list(self.separations) != sorted(set(self.separations)):
+            raise ProfileError(f"mixture.separations must be increasing and include mixture.separation "
+                               f"({self.separation:g}), got {self.separations}")
+        if self.cnn_train_images > 500 * self.classes:
+            raise ProfileError(f"mixture.cnn_train_images ({self.cnn_train_images}) cannot exceed the "
+                               f"{500 * self.classes:,} training images of {self.classes} CIFAR-100 classes")
+        if self.cnn_low_res_epochs >= self.cnn_epochs:
+            raise ProfileError(f"mixture.cnn_low_res_epochs ({self.cnn_low_res_epochs}) must be below "
+                               f"mixture.cnn_epochs ({self.cnn_epochs}): the last epoch trains at full resolution")
+        if self.dataset_size > min(self.train_samples, self.cnn_train_images):
+            raise ProfileError(f"mixture.dataset_size ({self.dataset_size}) cannot exceed mixture.train_samples or "
+                               "mixture.cnn_train_images (its samples come from both)")
+        if self.mlp_batch_size > self.train_samples or self.dataset_size < self.classes:
+            raise ProfileError("mixture.mlp_batch_size cannot exceed mixture.train_samples, and mixture.dataset_size "
+                               "needs at least one sample per class")
+        if self.lanczos_steps < CLAIM8_SEARCH_FACTOR * self.classes + 2:
+            raise ProfileError(f"mixture.lanczos_steps must be at least {CLAIM8_SEARCH_FACTOR} x classes + 2 = "
+                               f"{CLAIM8_SEARCH_FACTOR * self.classes + 2} (the outlier search reads the top "
+                               f"{CLAIM8_SEARCH_FACTOR} C + 1 Ritz values), got {self.lanczos_steps}")
+        if self.ggn_steps < self.classes + 1 or self.shift_steps < 3:
+            raise ProfileError(f"mixture.ggn_steps must be at least classes + 1 = {self.classes + 1} (the GGN's top "
+                               f"C - 1 eigenvectors and two more) and mixture.shift_steps at least 3, got "
+                               f"{self.ggn_steps} and {self.shift_steps}")
+        if len(self.batch_sizes) < 3 or list(self.batch_sizes) != sorted(set(self.batch_sizes)):
+            raise ProfileError(f"mixture.batch_sizes needs at least three increasing batch sizes, "
+                               f"got {self.batch_sizes}")
+        if max(self.batch_sizes) >= self.dataset_size:
+            raise ProfileError("mixture.batch_sizes must stay below mixture.dataset_size (B = N is the empirical "
+                               "matrix)")
+        if self.min_draws < 2 or self.max_draws < self.min_draws:
+            raise ProfileError("mixture.min_draws must be at least 2 and mixture.max_draws at least min_draws, got "
+                               f"{self.min_draws} and {self.max_draws}")
+        if self.batch_images < self.min_draws * sum(self.batch_sizes):
+            raise ProfileError(f"mixture.batch_images must cover the first draws: at least min_draws x "
+                               f"sum(batch_sizes) = {self.min_draws * sum(self.batch_sizes)}")
+
+
+@dataclass(frozen=True)
 class Profile:
     """A named set of sizes. Sections group the sizes of one part of the work."""
 
@@ -453,6 +555,7 @@ class Profile:
     spectra: SpectraSizes = field(default_factory=SpectraSizes)
     learner: LearnerSizes = field(default_factory=LearnerSizes)
     scaling: ScalingSizes = field(default_factory=ScalingSizes)
+    mixture: MixtureSizes = field(default_factory=MixtureSizes)
 
     def validate(self) -> "Profile":
         for f in dataclasses.fields(self):
@@ -548,6 +651,16 @@ PROFILES: dict[str, Profile] = {
         scaling=ScalingSizes(seeds=1, parity_seeds=3),
         learner=LearnerSizes(train_images=2_560, epochs=2, sgd_lrs=(0.03, 0.1, 0.3, 1.0), curvature_images=128,
                              lanczos_steps=10, every_steps=20, compare_batches=2),
+        # The mixture study in about 5 minutes on 2 cores: C = 10 on both sides, so that the outlier search (the top
+        # 2C + 1 Ritz values) converges within 50 Lanczos steps on N = 256 images; the network trained afresh on the
+        # 5,000 training images of 10 CIFAR-100 classes (8 epochs, 6 of them on 24-pixel crops; about 20 s each), the
+        # perceptron small enough (P = 2,442) for exact Hessians and Gauss-Newton matrices. The batch shift needs only
+        # the top eigenvalue, which converges within 15 steps; the GGN's top 9 eigenvectors within 25.
+        mixture=MixtureSizes(classes=10, dim=32, hidden=(32, 32), separation=2.5, separations=(1.0, 2.0, 2.5, 3.0, 4.0),
+                             train_samples=2_000, test_samples=5_000, mlp_epochs=30, mlp_batch_size=50, mlp_lr=0.05,
+                             cnn_train_images=5_000, cnn_epochs=8, cnn_low_res_epochs=6, cnn_lr=0.2,
+                             dataset_size=256, batch_sizes=(4, 8, 16, 32), lanczos_steps=50, ggn_steps=25,
+                             shift_steps=15, min_draws=3, max_draws=6, batch_images=600, chunk_size=256),
     ),
     "paper": Profile(
         name="paper",
@@ -575,6 +688,15 @@ PROFILES: dict[str, Profile] = {
         # The authors' learner: PreResNet-110 on all of CIFAR-100, full schedule, 20 Lanczos steps every epoch.
         learner=LearnerSizes(model="preresnet110", train_images=50_000, test_images=10_000, epochs=300,
                              curvature_images=1_024, lanczos_steps=20, every_steps=390, compare_batches=10),
+        # C = 20 on both sides (one fine class from each superclass: 10,000 training images), 100 Lanczos steps as in
+        # the authors' protocol; the perceptron (P = 9,556) still small enough for exact spectra on a GPU.
+        mixture=MixtureSizes(classes=20, dim=64, hidden=(64, 64), separation=2.5,
+                             separations=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0), train_samples=10_000, test_samples=20_000,
+                             mlp_epochs=100, mlp_batch_size=128, mlp_lr=0.05, cnn_train_images=10_000, cnn_epochs=100,
+                             cnn_low_res_epochs=0, cnn_lr=0.0, dataset_size=2_048,
+                             batch_sizes=(8, 16, 32, 64, 128, 256, 512), lanczos_steps=100, ggn_steps=100,
+                             shift_steps=100, min_draws=10,
+                             max_draws=40, batch_images=100_000, chunk_size=1_024),
     ),
     "smoke": Profile(
         name="smoke",
@@ -604,6 +726,11 @@ PROFILES: dict[str, Profile] = {
                              parity_test_subset=100),
         learner=LearnerSizes(train_images=200, test_images=200, epochs=1, curvature_images=50, lanczos_steps=4,
                              every_steps=2, compare_batches=2),
+        mixture=MixtureSizes(classes=4, dim=8, hidden=(8,), separation=3.0, separations=(1.0, 3.0), train_samples=200,
+                             test_samples=400, mlp_epochs=5, mlp_batch_size=20, mlp_lr=0.05, cnn_train_images=200,
+                             cnn_epochs=1, cnn_low_res_epochs=0, cnn_lr=0.0, dataset_size=48, batch_sizes=(4, 8, 16),
+                             lanczos_steps=10, ggn_steps=6, shift_steps=5, min_draws=2, max_draws=2, batch_images=56,
+                             chunk_size=48),
     ),
 }
 
