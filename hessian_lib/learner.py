@@ -236,9 +236,12 @@ class SLQLearner(TrainCallback):
         bulk_weight, mu_rule: how :func:`extremes` reads :math:`\mu`.
         safety: multiplies the rule's :math:`\alpha` (1: off).
         lr_range, momentum_range: ``(low, high)`` clipping of the applied values (``None``: off).
+        lr_schedule: ``step -> factor``: multiplies the held rate at every step (for example a
+            training recipe's warm-up and decay, :func:`hessian_lib.train.lr_factor`); ``None``
+            (default, the paper's learner): the rate is held until the next estimate.
 
     ``history`` gets one dict per estimate: ``step``, ``lambda_max``, ``mu``, ``lr``, ``momentum``
-    (the applied values) and ``seconds`` (the estimate's wall time). When an estimate fails
+    (the rule's values, before any ``lr_schedule`` factor) and ``seconds`` (the estimate's wall time). When an estimate fails
     (no positive curvature outside the bulk) after an earlier one succeeded, the earlier values
     are kept and the entry records ``kept=True`` and the reason; a failing first estimate raises.
     """
@@ -257,6 +260,7 @@ class SLQLearner(TrainCallback):
         safety: float = 1.0,
         lr_range: Sequence[float] | None = None,
         momentum_range: Sequence[float] | None = None,
+        lr_schedule: Callable[[int], float] | None = None,
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(RULES)}")
@@ -281,6 +285,7 @@ class SLQLearner(TrainCallback):
         self.bulk_weight = float(bulk_weight)
         self.mu_rule = mu_rule
         self.safety = float(safety)
+        self.lr_schedule = lr_schedule
         self.history: list[dict[str, Any]] = []
         self.lr: float | None = None
         self.momentum: float | None = None
@@ -349,19 +354,21 @@ class SLQLearner(TrainCallback):
             self.momentum = momentum
         self._last_step = int(step)
         if self.optimizer is not None:
-            self.apply(self.optimizer)
+            self.apply(self.optimizer, step)
         group = self.optimizer.param_groups[0] if self.optimizer is not None else {}
         entry.update(lr=self.lr, momentum=self.momentum if self.momentum is not None else group.get("momentum"),
                      seconds=time.perf_counter() - start)
         self.history.append(entry)
         return entry
 
-    def apply(self, optimizer: torch.optim.Optimizer) -> None:
-        """Set the held ``lr`` (and ``momentum``) on every parameter group of ``optimizer``."""
+    def apply(self, optimizer: torch.optim.Optimizer, step: int | None = None) -> None:
+        """Set the held ``lr`` (times ``lr_schedule(step)`` when both are given) and ``momentum`` on every
+        parameter group of ``optimizer``."""
         if self.lr is None:
             return
+        factor = self.lr_schedule(step) if self.lr_schedule is not None and step is not None else 1.0
         for group in optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * factor
             if self.momentum is not None and self.rule == "polyak":
                 group["momentum"] = self.momentum
 
@@ -378,7 +385,7 @@ class SLQLearner(TrainCallback):
         if self._last_step is None or step - self._last_step >= self.every_steps:
             self.update(step)
         else:
-            self.apply(optimizer)
+            self.apply(optimizer, step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(entry) for entry in self.history], "lr": self.lr, "momentum": self.momentum,

@@ -15,10 +15,12 @@ from matplotlib.figure import Figure
 from hessian_lib.plots import COLORS
 
 __all__ = ["accuracy_figure", "loss_curves_figure", "method_colors", "quadratic_figure", "run_frame",
-           "smooth", "trajectories_figure"]
+           "smooth", "test_curves_figure", "trajectories_figure"]
 
 #: Colours of the non-grid methods; the SGD grid takes shades of grey-blue by learning rate.
-METHOD_COLORS = {"polyak": COLORS["empirical"], "gd": "#ff7f0e", "adam": COLORS["ggn"]}
+METHOD_COLORS = {"polyak": COLORS["empirical"], "polyak_schedule": "#9467bd", "gd": "#ff7f0e", "adam": COLORS["ggn"]}
+#: The learners' methods (drawn thicker).
+LEARNERS = ("polyak", "polyak_schedule", "gd")
 
 
 def method_colors(labels: list[str], methods: dict[str, str]) -> dict[str, Any]:
@@ -76,7 +78,7 @@ def loss_curves_figure(study: Any, window: int = 5) -> Figure:
             continue
         mean = np.mean([c[:length] for c in curves], axis=0)
         diverged = any(r["diverged"] for r in study.runs if r["label"] == label)
-        style = {"lw": 2.2} if methods[label] in ("polyak", "gd") else {"lw": 1.3}
+        style = {"lw": 2.2} if methods[label] in LEARNERS else {"lw": 1.3}
         ax.plot(np.arange(length), smooth(mean, window), color=colors[label],
                 label=label + (" (diverged)" if diverged else ""), **style)
     ax.set_xlabel("optimiser step")
@@ -86,56 +88,88 @@ def loss_curves_figure(study: Any, window: int = 5) -> Figure:
 
 
 def accuracy_figure(study: Any, gap_pp: float) -> Figure:
-    """Final test accuracy of every run (dots) and each method's mean (bar), with the best SGD mean and the
-    band ``gap_pp`` points below it."""
+    """Final test accuracy of every run (dots; a run that diverged as a cross at zero) and each method's mean
+    (bar), with the validated SGD's mean and the band ``gap_pp`` points below it."""
     methods = _methods(study)
     colors = method_colors(study.labels, methods)
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    grid = study.sgd_grid()
-    best = float(grid["mean_acc"].max()) * 100
-    ax.axhspan(best - gap_pp, best, color=COLORS["theory"], alpha=0.15, label=f"within {gap_pp:g} points of the best SGD")
+    best_label = f"SGD lr {study.best_sgd_lr():g}"
+    best = 100 * float(np.mean([r["test_acc"] for r in study.runs_of(best_label)]))
+    ax.axhspan(best - gap_pp, best, color=COLORS["theory"], alpha=0.15,
+               label=f"within {gap_pp:g} points of the validated SGD ({best_label})")
     for k, label in enumerate(study.labels):
-        acc = np.array([r["test_acc"] for r in study.runs if r["label"] == label]) * 100
-        ax.bar(k, acc.mean(), color=colors[label], alpha=0.75, width=0.7)
-        ax.plot(np.full(acc.size, k), acc, "o", color="k", ms=3.5)
+        acc = np.array([r["test_acc"] for r in study.runs_of(label)]) * 100
+        finite = acc[np.isfinite(acc)]
+        if finite.size == acc.size:
+            ax.bar(k, acc.mean(), color=colors[label], alpha=0.75, width=0.7)
+        ax.plot(np.full(finite.size, k), finite, "o", color="k", ms=3.5)
+        if finite.size < acc.size:
+            ax.plot([k] * (acc.size - finite.size), [0] * (acc.size - finite.size), "x", color="k", ms=6)
     ax.set_xticks(range(len(study.labels)))
-    ax.set_xticklabels([label.replace(" lr ", "\nlr ") for label in study.labels], fontsize=8.5)
+    ax.set_xticklabels([label.replace(" lr ", "\nlr ").replace(" x ", "\nx ") for label in study.labels], fontsize=8.5)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, None)
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def test_curves_figure(study: Any) -> Figure:
+    """Test accuracy after every epoch, mean over seeds, of every method (the validated SGD in black)."""
+    methods = _methods(study)
+    colors = method_colors(study.labels, methods)
+    best_label = f"SGD lr {study.best_sgd_lr():g}"
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for label in study.labels:
+        curves = [np.asarray(r["epoch_test_acc"], dtype=float) for r in study.runs_of(label)]
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        mean = 100 * np.mean([c[:length] for c in curves], axis=0)
+        style = {"lw": 2.2, "marker": "o"} if methods[label] in LEARNERS else {"lw": 1.3, "marker": "."}
+        if label == best_label:
+            style = {"lw": 2.2, "marker": "s", "color": "k"}
+        ax.plot(np.arange(1, length + 1), mean, **{"color": colors[label], **style},
+                label=label + (" (validated)" if label == best_label else ""))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 
 def trajectories_figure(study: Any) -> Figure:
-    """The learners' estimates along training: lambda_max and mu at each estimate, and the learning rate
-    (with the non-diverging range of the SGD grid shaded) and momentum they held until the end of the run;
-    one line per seed."""
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.3))
+    """The learners along training: lambda_max and mu at each estimate (left); the learning rate (middle)
+    and momentum (right) every step was taken with, beside the validated SGD's schedule (black) and the
+    non-diverging range of the SGD grid (shaded); one line per seed."""
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.4))
     stable = study.stable_range()
-    for method, marker in (("polyak", "o"), ("gd", "s")):
+    best = study.runs_of(f"SGD lr {study.best_sgd_lr():g}")[0]
+    axes[1].plot(best["step_lr"], color="k", lw=1.4, label=f"{best['label']} (validated), its schedule")
+    axes[2].plot(best["step_momentum"], color="k", lw=1.4)
+    for method, marker in (("polyak", "o"), ("polyak_schedule", "D"), ("gd", "s")):
         color = METHOD_COLORS[method]
-        for k, r in enumerate(r for r in study.runs if r["method"] == method):
+        for k, r in enumerate(sorted((r for r in study.runs if r["method"] == method), key=lambda r: r["seed"])):
             est = r["estimates"]
             steps = [e["step"] for e in est]
-            held = steps + [len(r["step_loss"])]  # each value is held until the next estimate, the last to the end
-            style = {"color": color, "marker": marker, "ms": 4, "ls": "-" if k == 0 else "--"}
-            axes[0].plot(steps, [e["lambda_max"] for e in est], label=f"{r['label']}, seed {r['seed']}", **style)
-            axes[0].plot(steps, [e["mu"] for e in est], alpha=0.6, **{**style, "marker": "x"})
-            for ax, key in ((axes[1], "lr"), (axes[2], "momentum")):
-                values = [e[key] for e in est]
-                ax.plot(held, values + values[-1:], drawstyle="steps-post", markevery=list(range(len(est))), **style)
+            style = {"color": color, "ls": "-" if k == 0 else "--"}
+            if method != "polyak_schedule":  # the same estimates as the Polyak learner's up to the schedule
+                axes[0].plot(steps, [e["lambda_max"] for e in est], marker=marker, ms=4,
+                             label=f"{r['label']}, seed {r['seed']}", **style)
+                axes[0].plot(steps, [e["mu"] for e in est], marker="x", ms=4, alpha=0.6, **style)
+            axes[1].plot(r["step_lr"], lw=1.6, **style, label=f"{r['label']}, seed {r['seed']}")
+            axes[2].plot(r["step_momentum"], lw=1.6, **style)
     if stable is not None:
         axes[1].axhspan(stable[0], stable[1], color=COLORS["theory"], alpha=0.15, label="non-diverging SGD grid")
-        axes[1].legend(loc="upper right")
     axes[0].set_yscale("log")
-    axes[0].set_title(r"$\lambda_{\max}$ (dots) and $\mu$ (crosses)")
+    axes[0].set_title(r"$\lambda_{\max}$ (markers) and $\mu$ (crosses)")
     axes[1].set_yscale("log")
     axes[1].set_title("learning rate")
     axes[2].set_ylim(-0.05, 1.0)
     axes[2].set_title("momentum")
     for ax in axes:
         ax.set_xlabel("optimiser step")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncols=4, bbox_to_anchor=(0.5, -0.08))
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="upper center", ncols=3, bbox_to_anchor=(0.5, 0.0),
+               fontsize=8.5)
     fig.tight_layout()
     return fig
 

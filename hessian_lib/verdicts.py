@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
+
 from hessian_lib.store import ResultsStore
 
 __all__ = [
@@ -33,7 +35,8 @@ __all__ = [
     "CLAIM5_NULL",
     "CLAIM5_SLOPE",
     "CLAIM6_GAP_PP",
-    "CLAIM6_TRAINS_FRACTION",
+    "CLAIM6_FLOOR_PP",
+    "CLAIM6_LEVEL",
     "CLAIM7_FLAT",
     "CLAIM7_HORIZON_FACTOR",
     "CLAIM7_NULL",
@@ -89,6 +92,7 @@ __all__ = [
     "interval_within",
     "load_verdicts",
     "outlier_count",
+    "paired_interval",
     "parity_holds",
     "record_verdict",
     "scoreboard",
@@ -97,6 +101,7 @@ __all__ = [
     "shift_end_verdict",
     "side_count",
     "stable_lr_range",
+    "t_quantile",
     "verdict_config",
     "weakest",
 ]
@@ -436,10 +441,13 @@ def scoreboard(store: ResultsStore | str, *, build_id: str, profile: str, seed: 
 # --- Claim 6: the SLQ learner (Learner chapter) ----------------------------------------------------
 
 #: Claim 6 holds when the Polyak learner's mean final test accuracy is at most this many percentage points
-#: below the best grid SGD learning rate's mean (inclusive; above it is fine) ...
+#: below that of the best validated SGD (inclusive; above it is fine) ...
 CLAIM6_GAP_PP = 2.0
-#: ... the learner "trains" when its mean accuracy is at least this fraction of that best mean (inclusive).
-CLAIM6_TRAINS_FRACTION = 0.5
+#: ... and the lower end of the interval of the seed-paired difference (learner minus SGD, points) lies above
+#: minus this many points (strictly). It does not hold when the whole interval lies below ``-CLAIM6_GAP_PP``.
+CLAIM6_FLOOR_PP = 4.0
+#: Confidence level of that interval (Student's t on the paired differences, one per seed).
+CLAIM6_LEVEL = 0.95
 
 
 def stable_lr_range(lrs: Any, diverged: Any) -> tuple[float, float] | None:
@@ -455,24 +463,60 @@ def stable_lr_range(lrs: Any, diverged: Any) -> tuple[float, float] | None:
     return (stable[0], stable[-1]) if stable else None
 
 
-def claim6_verdict(learner_acc: float, best_sgd_acc: float, learner_lrs: Any,
-                   stable_range: tuple[float, float] | None) -> str:
-    """Claim 6 from the Polyak learner's mean final test accuracy, the best grid SGD mean accuracy (fractions),
-    every learning rate the learner chose (all seeds) and the grid's :func:`stable_lr_range`.
+def t_quantile(pairs: int, level: float = CLAIM6_LEVEL) -> float:
+    """Student's t quantile of a two-sided ``level`` interval over ``pairs`` pairs (``pairs - 1`` degrees of freedom).
 
-    :data:`HOLDS` when the learner is at most :data:`CLAIM6_GAP_PP` points behind and every chosen rate
-    lies inside the stable range (inclusive); :data:`PARTLY` when it trains (at least
-    :data:`CLAIM6_TRAINS_FRACTION` of the best accuracy) but falls further behind or leaves the range;
-    :data:`DOES_NOT_HOLD` otherwise (a NaN accuracy included).
+    >>> round(t_quantile(2), 2), round(t_quantile(3), 2)
+    (12.71, 4.3)
     """
-    learner_acc, best_sgd_acc = float(learner_acc), float(best_sgd_acc)
-    rates = [float(v) for v in learner_lrs]
-    inside = stable_range is not None and bool(rates) and all(stable_range[0] <= r <= stable_range[1] for r in rates)
-    close = 100.0 * (best_sgd_acc - learner_acc) <= CLAIM6_GAP_PP + 1e-9
-    trains = learner_acc >= CLAIM6_TRAINS_FRACTION * best_sgd_acc
-    if trains and close and inside:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, pairs - 1))
+
+
+def paired_interval(differences: Any, level: float = CLAIM6_LEVEL) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of seed-paired differences: Student's t interval at ``level`` on ``n - 1`` degrees
+    of freedom (``n`` >= 2 pairs; with 2 pairs the t quantile is 12.7, so the interval is wide unless the pairs
+    agree closely). A NaN difference gives a NaN interval.
+
+    >>> m, lo, hi = paired_interval([-1.0, -1.0, -1.0])
+    >>> (m, lo, hi)
+    (-1.0, -1.0, -1.0)
+    """
+    d = np.asarray(differences, dtype=float).reshape(-1)
+    if d.size < 2:
+        raise ValueError(f"a paired interval needs at least 2 pairs (seeds), got {d.size}")
+    if not np.all(np.isfinite(d)):
+        return math.nan, math.nan, math.nan
+    mean = float(d.mean())
+    half = t_quantile(d.size, level) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return mean, mean - half, mean + half
+
+
+def claim6_verdict(learner_acc: Any, sgd_acc: Any) -> str:
+    """Claim 6 from the Polyak learner's and the best validated SGD's final test accuracies (fractions),
+    one per seed, paired by seed (same initialisation and data order).
+
+    With :math:`d_s` the difference in points and :func:`paired_interval` ``(low, high)``: :data:`HOLDS`
+    when the mean accuracy is at most :data:`CLAIM6_GAP_PP` points below SGD's (mean difference at least -2) and
+    ``low`` > -:data:`CLAIM6_FLOOR_PP`; :data:`DOES_NOT_HOLD` when ``high`` < -:data:`CLAIM6_GAP_PP`;
+    :data:`INCONCLUSIVE` otherwise (a NaN accuracy, from a run that diverged, makes the whole verdict one
+    that does not hold: a learner that diverges is not competitive). Whether its rates lie inside the grid's
+    :func:`stable_lr_range` is reported beside the word, not part of it.
+    """
+    a, b = np.asarray(learner_acc, dtype=float).reshape(-1), np.asarray(sgd_acc, dtype=float).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} learner accuracies but {b.size} SGD accuracies: they are paired by seed")
+    if np.any(np.isnan(a)):
+        return DOES_NOT_HOLD
+    mean, low, high = paired_interval(100.0 * (a - b))
+    if not math.isfinite(mean):
+        return INCONCLUSIVE
+    if mean >= -CLAIM6_GAP_PP - 1e-9 and low > -CLAIM6_FLOOR_PP:
         return HOLDS
-    return PARTLY if trains else DOES_NOT_HOLD
+    if high < -CLAIM6_GAP_PP:
+        return DOES_NOT_HOLD
+    return INCONCLUSIVE
 
 
 # --- Claims 4 and 5: largest stable learning rate against batch size (Scaling chapter) -------------

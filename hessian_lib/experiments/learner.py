@@ -1,31 +1,39 @@
-r"""The Learner chapter's experiments: the SLQ learner against tuned SGD and Adam on CIFAR-100.
+r"""The Learner chapter's experiments: the SLQ learner against validated SGD and Adam on CIFAR-100.
 
-Every run is a pure function of the profile's ``learner`` and ``train`` sections, a method and a
-seed, cached in the results store (:func:`run_method`). :func:`run_study` runs them all:
+A class-stratified validation split (``learner.validation_images``) is held out of the training
+images; every run trains on ``learner.train_images`` of the rest. Every run is a pure function of
+the profile's ``learner`` and ``train`` sections, a method and a seed, cached in the results store
+(:func:`run_method`). :func:`run_study` runs them all, several at a time on a multi-core CPU:
 
-* ``polyak``: :class:`~hessian_lib.learner.SLQLearner` with the heavy-ball rule (SGD, no Nesterov);
+* ``polyak``: :class:`~hessian_lib.learner.SLQLearner` with the heavy-ball rule (SGD, no Nesterov),
+  holding each rate until the next estimate (the paper's learner);
+* ``polyak_schedule``: the same, with the recipe's warm-up and decay as a multiplier on the rate it sets;
 * ``gd``: the learner with the gradient-descent rule (SGD without momentum);
-* ``sgd``: SGD with the paper's momentum at each learning rate of the grid ``learner.sgd_lrs``;
-* ``adam``: Adam at ``learner.adam_lr``;
+* ``sgd``: SGD with the paper's momentum at each learning rate of the grid ``learner.sgd_lrs``, the
+  recipe's schedule; the best is chosen on the validation split, never on the test set;
+* ``adam``: Adam at ``learner.adam_lr``, the recipe's schedule;
 
 all with the profile's recipe otherwise (network, batch size, weight decay, label smoothing,
-augmentation at full resolution; the schedule for SGD and Adam, none for the learner, which sets
-the learning rate itself), the same initialisation and data order per seed, for ``learner.epochs`` epochs on a
-class-stratified draw of ``learner.train_images`` training images, and a single test at the end
-on ``learner.test_images`` test images (no test-time flip: one forward pass per image).
+augmentation; every epoch on low-resolution crops when ``learner.low_res``), the same
+initialisation and data order per seed, for ``learner.epochs`` epochs; each is tested on
+``learner.test_images`` test images after every epoch and scored on the validation split at the
+end (no test-time flip: one forward pass per image).
 
 The learner's curvature is the Hessian of the training loss (label smoothing and the L2 weight
-decay included) on a fixed curvature subset of the training images with test-time transforms,
-``bn_mode="eval"``, on a copy of the network whose BatchNorm statistics are refreshed on that
-subset before each estimate (:func:`~hessian_lib.learner.refreshed_batchnorm`).
+decay included) on a fixed curvature subset of the training images with test-time transforms
+(centre crops at the training resolution), ``bn_mode="eval"``, on a copy of the network whose
+BatchNorm statistics are refreshed on that subset before each estimate
+(:func:`~hessian_lib.learner.refreshed_batchnorm`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -41,14 +49,18 @@ from hessian_lib.learner import SLQLearner, extremes, gd_rate, heavy_ball_rate, 
 from hessian_lib.models import count_parameters
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, atomic_torch_save
-from hessian_lib.train import derive_seed, evaluate, fit, resolve_device
-from hessian_lib.verdicts import Verdict, claim6_verdict, stable_lr_range
+from hessian_lib.train import derive_seed, evaluate, fit, lr_factor, resolve_device
+from hessian_lib.verdicts import Verdict, claim6_verdict, paired_interval, stable_lr_range
 
 __all__ = [
     "LEARNER_METHODS",
+    "MAX_WORKERS",
+    "VALIDATION_SEED",
     "LearnerData",
     "LearnerStudy",
     "claim6",
+    "default_workers",
+    "estimate_tradeoff",
     "learner_data",
     "method_label",
     "quadratic_demo",
@@ -60,15 +72,22 @@ __all__ = [
 ]
 
 #: Changes whenever a run's behaviour changes for the same config, so no stale run is loaded.
-LEARNER_VERSION = 1
+LEARNER_VERSION = 2
 #: The methods a study compares, in the order tables and figures show them.
-LEARNER_METHODS = ("polyak", "gd", "sgd", "adam")
+LEARNER_METHODS = ("polyak", "polyak_schedule", "gd", "sgd", "adam")
+#: Seed of the class-stratified validation split held out of the training images.
+VALIDATION_SEED = 2
+#: At most this many runs at once on a CPU (each holds a copy of the training images).
+MAX_WORKERS = 8
 
 
 def method_label(method: str, lr: float | None = None) -> str:
     """How tables, figures and the explorer name a run: ``Polyak learner``, ``SGD lr 0.1``, ..."""
-    names = {"polyak": "Polyak learner", "gd": "GD learner", "sgd": "SGD", "adam": "Adam"}
-    return names[method] if method in ("polyak", "gd") else f"{names[method]} lr {lr:g}"
+    names = {"polyak": "Polyak learner", "polyak_schedule": "Polyak learner x schedule", "gd": "GD learner",
+             "sgd": "SGD", "adam": "Adam"}
+    if method not in names:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(LEARNER_METHODS)}")
+    return f"{names[method]} lr {lr:g}" if method == "sgd" else names[method]
 
 
 # ----------------------------------------------------------------------------- data and recipes
@@ -76,45 +95,74 @@ def method_label(method: str, lr: float | None = None) -> str:
 
 @dataclass(frozen=True)
 class LearnerData:
-    """The images of a study: uint8 ``train`` and ``test`` splits, the normalised curvature subset
-    ``curvature_x`` [M, 3, 32, 32] with ``curvature_y`` [M], and ``train_x`` (all training images,
-    normalised, test-time transforms) for drawing batches to compare with it."""
+    """The images of a study: uint8 ``train``, ``validation`` and ``test`` splits; the indices of the
+    training and validation images in CIFAR-100's training split (``train_index``, ``validation_index``:
+    disjoint); the normalised curvature subset ``curvature_x`` [M, 3, R, R] with ``curvature_y`` [M]
+    (centre crops at the training resolution R = ``resolution``)."""
 
     train: CIFAR100Split
+    validation: CIFAR100Split
     test: CIFAR100Split
+    train_index: np.ndarray
+    validation_index: np.ndarray
     curvature_x: torch.Tensor
     curvature_y: torch.Tensor
+    resolution: int = 32
 
     @property
     def train_x(self) -> torch.Tensor:
-        return normalize(self.train.images.to(self.curvature_x.device))
+        """Every training image, normalised, test-time transforms at the training resolution."""
+        return normalize(centre_crop(self.train.images, self.resolution).to(self.curvature_x.device))
+
+
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` pixels of ``images`` [N, C, H, W] (the images themselves at full size)."""
+    h, w = images.shape[-2:]
+    if size == h and size == w:
+        return images
+    if size > min(h, w):
+        raise ValueError(f"cannot crop {size} pixels out of {h} x {w} images")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top:top + size, left:left + size]
 
 
 def learner_data(profile: str | Profile, data_root: str | os.PathLike | None = None,
                  device: str | torch.device | None = "cpu") -> LearnerData:
-    """Class-stratified draws of ``learner.train_images`` training and ``learner.test_images`` test images
-    (all of a split when the size is the split's), and the curvature subset drawn from the training draw."""
-    sizes = load_profile(profile).learner
+    """The validation split (``learner.validation_images``, class-stratified, held out of the training
+    split), ``learner.train_images`` of the remaining training images (all of them when that is their
+    number; otherwise a class-stratified draw), ``learner.test_images`` test images, and the curvature
+    subset drawn from the training images."""
+    profile = load_profile(profile)
+    sizes = profile.learner
     train_all, test_all = load_cifar100("train", data_root), load_cifar100("test", data_root)
-    train = train_all if sizes.train_images == len(train_all) else \
-        train_all.subset(stratified_indices(train_all.labels, sizes.train_images, seed=SUBSET_SEED))
+    validation_index = stratified_indices(train_all.labels, sizes.validation_images, seed=VALIDATION_SEED)
+    rest = np.setdiff1d(np.arange(len(train_all)), validation_index)
+    if sizes.train_images > rest.size:
+        raise ValueError(f"learner.train_images ({sizes.train_images:,}) exceeds the {rest.size:,} training images "
+                         f"left beside the validation split")
+    train_index = rest if sizes.train_images == rest.size else \
+        rest[stratified_indices(train_all.labels[rest], sizes.train_images, seed=SUBSET_SEED)]
+    train = train_all.subset(train_index)
     test = test_all if sizes.test_images == len(test_all) else \
         test_all.subset(stratified_indices(test_all.labels, sizes.test_images, seed=SUBSET_SEED))
     curvature = train.subset(stratified_indices(train.labels, sizes.curvature_images, seed=CURVATURE_SEED))
+    resolution = profile.train.low_res_size if sizes.low_res else int(train_all.images.shape[-1])
     dev = resolve_device(device)
-    return LearnerData(train=train, test=test, curvature_x=normalize(curvature.images.to(dev)),
-                       curvature_y=curvature.labels.to(dev))
+    return LearnerData(train=train, validation=train_all.subset(validation_index), test=test,
+                       train_index=np.asarray(train_index), validation_index=np.asarray(validation_index),
+                       curvature_x=normalize(centre_crop(curvature.images, resolution).to(dev)),
+                       curvature_y=curvature.labels.to(dev), resolution=resolution)
 
 
 def run_recipe(profile: str | Profile, method: str, lr: float | None = None) -> TrainSizes:
-    """The training recipe of one run: the profile's ``train`` recipe with the study's network, epochs
-    and batch size, and the method's optimiser (the learner's ``lr`` is a placeholder it overrides)."""
+    """The training recipe of one run: the profile's ``train`` recipe with the study's network, epochs,
+    batch size and resolution, and the method's optimiser (the learner's ``lr`` is a placeholder it
+    overrides; ``polyak_schedule`` keeps the recipe's schedule, which the learner reads as a multiplier)."""
     profile = load_profile(profile)
     t, sizes = profile.train, profile.learner
-    # Full resolution throughout (no progressive resizing): the learner's curvature subset is at 32 pixels.
     common = dataclasses.replace(t, model=sizes.model or t.model, epochs=sizes.epochs,
                                  batch_size=sizes.batch_size or t.batch_size, checkpoint_every=sizes.epochs,
-                                 low_res_epochs=0)
+                                 low_res_epochs=sizes.epochs if sizes.low_res else 0, eval_flip=False)
     if method == "sgd":
         if lr is None:
             raise ValueError("an SGD run needs its learning rate")
@@ -124,7 +172,19 @@ def run_recipe(profile: str | Profile, method: str, lr: float | None = None) -> 
     if method in ("polyak", "gd"):
         return dataclasses.replace(common, optimizer="sgd", lr=1.0, momentum=0.0, nesterov=False, schedule="constant",
                                    warmup_epochs=0.0)
+    if method == "polyak_schedule":
+        return dataclasses.replace(common, optimizer="sgd", lr=1.0, momentum=0.0, nesterov=False)
     raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(LEARNER_METHODS)}")
+
+
+def _steps_per_epoch(profile: Profile) -> int:
+    return profile.learner.train_images // run_recipe(profile, "adam").batch_size
+
+
+def estimate_every(profile: str | Profile) -> int:
+    """Optimiser steps between the learner's estimates (``learner.every_steps``; 0 is once per epoch)."""
+    profile = load_profile(profile)
+    return profile.learner.every_steps or _steps_per_epoch(profile)
 
 
 def run_config(profile: str | Profile, method: str, seed: int, lr: float | None = None) -> dict[str, Any]:
@@ -134,11 +194,13 @@ def run_config(profile: str | Profile, method: str, seed: int, lr: float | None 
     config: dict[str, Any] = {
         "experiment": "learner_run", "version": LEARNER_VERSION, "trainer_version": TRAINER_VERSION,
         "method": method, "seed": int(seed), "recipe": dataclasses.asdict(run_recipe(profile, method, lr)),
-        "train_images": sizes.train_images, "test_images": sizes.test_images,
+        "train_images": sizes.train_images, "validation_images": sizes.validation_images,
+        "validation_seed": VALIDATION_SEED, "test_images": sizes.test_images,
     }
-    if method in ("polyak", "gd"):
+    if method in ("polyak", "polyak_schedule", "gd"):
         config.update(curvature_images=sizes.curvature_images, lanczos_steps=sizes.lanczos_steps,
-                      every_steps=sizes.every_steps, bn="eval, statistics refreshed on the curvature subset")
+                      every_steps=estimate_every(profile), low_res=sizes.low_res,
+                      bn="eval, statistics refreshed on the curvature subset")
     return config
 
 
@@ -160,12 +222,14 @@ def run_method(profile: str | Profile, method: str, seed: int, lr: float | None 
                device: str | torch.device | None = "auto", recompute: bool = False) -> dict[str, Any]:
     """Train one run (or load it from ``store``); return its record.
 
-    Record: ``method``, ``lr`` (the grid value; ``None`` for the learner), ``seed``, ``label``,
-    ``test_acc``/``test_loss`` (fractions, on the test draw, after the last epoch), ``diverged``,
-    ``diverged_step``, ``seconds`` (training wall time, estimates included), ``learner_seconds``,
-    ``step_loss`` / ``step_lr`` / ``step_momentum`` (one entry per optimiser step), ``estimates``
-    (the learner's history), ``parameters``, ``key``. Learner runs keep their final weights
-    (``final.pt`` in the run's store folder).
+    Record: ``method``, ``lr`` (the grid value; ``None`` for the learners), ``seed``, ``label``,
+    ``test_acc``/``test_loss`` (fractions, on the test images, after the last epoch),
+    ``val_acc``/``val_loss`` (on the validation split, at the end), ``epoch_test_acc`` (one per epoch),
+    ``diverged``, ``diverged_step`` (a run that diverged has NaN accuracies), ``seconds`` (training
+    wall time, estimates included, evaluation excluded), ``learner_seconds``, ``step_loss`` /
+    ``step_lr`` / ``step_momentum`` (one entry per optimiser step, the values the step was taken
+    with), ``estimates`` (the learner's history), ``parameters``, ``key``. Learner runs keep their
+    final weights (``final.pt`` in the run's store folder).
     """
     profile = load_profile(profile)
     config = run_config(profile, method, seed, lr)
@@ -178,11 +242,16 @@ def run_method(profile: str | Profile, method: str, seed: int, lr: float | None 
     model = model_from_profile(recipe)
     learner = None
     callbacks = []
-    if method in ("polyak", "gd"):
+    if method in ("polyak", "polyak_schedule", "gd"):
         sizes = profile.learner
         x, y = data.curvature_x.to(dev), data.curvature_y.to(dev)
-        learner = SLQLearner(None, _curvature(model, x, y, recipe), rule=method, every_steps=sizes.every_steps,
-                             lanczos_steps=sizes.lanczos_steps, seed=seed)
+        steps = _steps_per_epoch(profile)
+        total, warmup = steps * recipe.epochs, int(round(recipe.warmup_epochs * steps))
+        schedule = (lambda step: lr_factor(step, total, recipe.schedule, warmup)) if method == "polyak_schedule" \
+            else None
+        learner = SLQLearner(None, _curvature(model, x, y, recipe), rule="gd" if method == "gd" else "polyak",
+                             every_steps=estimate_every(profile), lanczos_steps=sizes.lanczos_steps, seed=seed,
+                             lr_schedule=schedule)
         callbacks.append(learner)
     losses: list[float] = []
     rates: list[float] = []
@@ -196,17 +265,25 @@ def run_method(profile: str | Profile, method: str, seed: int, lr: float | None 
         else:
             momenta.append(recipe.momentum if recipe.optimizer == "sgd" else math.nan)
 
-    fitted = fit(model, data.train, recipe, seed=seed, device=dev, quiet=True, callbacks=callbacks,
+    fitted = fit(model, data.train, recipe, test=data.test, seed=seed, device=dev, quiet=True, callbacks=callbacks,
                  on_step=on_step)
-    test_loss, test_acc = evaluate(model, data.test.images, data.test.labels, device=dev, flip=False)
+    epoch_acc = [float(h["test_acc"]) for h in fitted.history]
+    if fitted.diverged:
+        test_loss = test_acc = val_loss = val_acc = math.nan
+    else:
+        test_loss, test_acc = float(fitted.history[-1]["test_loss"]), epoch_acc[-1]
+        val_loss, val_acc = evaluate(model, data.validation.images, data.validation.labels, device=dev, flip=False)
     lr = recipe.lr if method in ("sgd", "adam") else None  # the learner's recipe lr is a placeholder
     record: dict[str, Any] = {
         "method": method, "lr": lr, "seed": int(seed), "label": method_label(method, lr),
-        "test_acc": float(test_acc), "test_loss": float(test_loss), "diverged": bool(fitted.diverged),
-        "diverged_step": fitted.diverged_step, "seconds": float(fitted.seconds),
+        "test_acc": float(test_acc), "test_loss": float(test_loss), "val_acc": float(val_acc),
+        "val_loss": float(val_loss), "epoch_test_acc": np.asarray(epoch_acc, dtype=np.float64),
+        "diverged": bool(fitted.diverged), "diverged_step": fitted.diverged_step,
+        "seconds": float(sum(h["train_seconds"] for h in fitted.history)) if fitted.history and not fitted.diverged
+        else float(fitted.seconds),
         "learner_seconds": float(learner.seconds) if learner is not None else 0.0,
         "estimates": [dict(e) for e in learner.history] if learner is not None else [],
-        "parameters": int(count_parameters(model)),
+        "parameters": int(count_parameters(model)), "threads": int(torch.get_num_threads()),
         "step_loss": np.asarray(losses, dtype=np.float64), "step_lr": np.asarray(rates, dtype=np.float64),
         "step_momentum": np.asarray(momenta, dtype=np.float64),
     }
@@ -224,6 +301,29 @@ def _with_key(record: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     return {**record, "key": ResultsStore.key(config), "config": config}
 
 
+# ----------------------------------------------------------------------------- several runs at once
+
+_WORKER: dict[str, Any] = {}
+
+
+def default_workers(device: str | torch.device | None = "auto", runs: int | None = None) -> int:
+    """How many runs :func:`run_study` trains at once: one per CPU core on a CPU (a small network gains
+    little from a second thread, so single-threaded runs side by side train more images per second;
+    at most :data:`MAX_WORKERS` and ``runs``), one on a GPU."""
+    if resolve_device(device).type != "cpu":
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS, runs if runs is not None else MAX_WORKERS))
+
+
+def _worker_start(profile: Profile, data_root: str | None, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["data"] = learner_data(profile, data_root, "cpu")
+
+
+def _worker_run(profile: Profile, method: str, seed: int, lr: float | None, store: str) -> str:
+    return run_method(profile, method, seed, lr, data=_WORKER["data"], store=store, device="cpu")["key"]
+
+
 # ----------------------------------------------------------------------------- the study
 
 
@@ -235,10 +335,20 @@ class LearnerStudy:
     runs: list[dict[str, Any]]
     seconds: float = 0.0
     store: ResultsStore | None = field(default=None, repr=False)
+    workers: int = 1
 
     @property
     def seeds(self) -> list[int]:
-        return sorted({r["seed"] for r in self.runs})
+        """The seeds every method ran with (``learner.seeds`` of them)."""
+        labels = {r["label"] for r in self.runs}
+        return sorted(s for s in {r["seed"] for r in self.runs}
+                      if {r["label"] for r in self.runs if r["seed"] == s} == labels)
+
+    def paired_seeds(self, method: str = "polyak") -> list[int]:
+        """The seeds on which ``method`` and the validated SGD both ran."""
+        best = method_label("sgd", self.best_sgd_lr())
+        return sorted({r["seed"] for r in self.runs if r["label"] == method_label(method)}
+                      & {r["seed"] for r in self.runs if r["label"] == best})
 
     @property
     def labels(self) -> list[str]:
@@ -254,35 +364,60 @@ class LearnerStudy:
                 return r
         raise KeyError(f"no run {label!r} with seed {seed}")
 
+    def runs_of(self, label: str) -> list[dict[str, Any]]:
+        """The runs with ``label``, by seed."""
+        return sorted((r for r in self.runs if r["label"] == label), key=lambda r: r["seed"])
+
     def table(self) -> pd.DataFrame:
-        """One row per method (and grid value): mean and spread of the final test accuracy over seeds,
-        divergences, training time and the learner's share of it."""
+        """One row per method (and grid value): mean and spread of the final test accuracy over seeds, the
+        mean validation accuracy, divergences, training time and the learner's share of it."""
         rows = []
         for label in self.labels:
-            runs = [r for r in self.runs if r["label"] == label]
+            runs = self.runs_of(label)
             acc = np.array([r["test_acc"] for r in runs])
             seconds = sum(r["seconds"] for r in runs)
             rows.append({"method": label, "mean test accuracy (%)": 100 * acc.mean(),
                          "spread over seeds (%)": 100 * (acc.max() - acc.min()),
+                         "validation accuracy (%)": 100 * np.mean([r["val_acc"] for r in runs]),
                          "diverged": f"{sum(r['diverged'] for r in runs)} of {len(runs)}",
                          "seconds per run": seconds / len(runs),
                          "estimates share": sum(r["learner_seconds"] for r in runs) / seconds if seconds else 0.0})
         return pd.DataFrame(rows)
 
     def sgd_grid(self) -> pd.DataFrame:
-        """The SGD grid: per learning rate, the mean test accuracy and whether any seed diverged."""
+        """The SGD grid over the seeds every method ran with: per learning rate, the mean validation and test
+        accuracies and whether any seed diverged."""
         rows = []
+        seeds = set(self.seeds)
         for lr in sorted({r["lr"] for r in self.runs if r["method"] == "sgd"}):
-            runs = [r for r in self.runs if r["method"] == "sgd" and r["lr"] == lr]
-            rows.append({"lr": lr, "mean_acc": float(np.mean([r["test_acc"] for r in runs])),
+            runs = [r for r in self.runs if r["method"] == "sgd" and r["lr"] == lr and r["seed"] in seeds]
+            rows.append({"lr": lr, "mean_val_acc": float(np.mean([r["val_acc"] for r in runs])),
+                         "mean_acc": float(np.mean([r["test_acc"] for r in runs])),
                          "diverged": any(r["diverged"] for r in runs)})
         return pd.DataFrame(rows)
+
+    def best_sgd_lr(self) -> float:
+        """The grid learning rate with the best mean validation accuracy (a grid value that diverged on any
+        seed has a NaN mean and is never chosen; ties go to the smaller rate)."""
+        grid = self.sgd_grid()
+        scores = grid["mean_val_acc"].fillna(-np.inf).to_numpy()
+        if not np.isfinite(scores).any():
+            raise ValueError("every learning rate of the SGD grid diverged: there is no validated SGD to compare with")
+        return float(grid["lr"].iloc[int(np.argmax(scores))])
+
+    def paired(self, method: str = "polyak") -> tuple[np.ndarray, np.ndarray]:
+        """Final test accuracies of ``method`` and of the validated SGD, one per seed both ran with, in seed order."""
+        best = method_label("sgd", self.best_sgd_lr())
+        label = method_label(method)
+        seeds = self.paired_seeds(method)
+        return (np.array([self.run(label, s)["test_acc"] for s in seeds]),
+                np.array([self.run(best, s)["test_acc"] for s in seeds]))
 
     def mean_acc(self, method: str) -> float:
         return float(np.mean([r["test_acc"] for r in self.runs if r["method"] == method]))
 
     def chosen_lrs(self, method: str = "polyak") -> np.ndarray:
-        """Every learning rate the learner applied (all estimates, all seeds)."""
+        """Every learning rate the learner set at an estimate (all estimates, all seeds; before any schedule)."""
         return np.array([e["lr"] for r in self.runs if r["method"] == method for e in r["estimates"]], dtype=float)
 
     def chosen_momenta(self, method: str = "polyak") -> np.ndarray:
@@ -297,28 +432,99 @@ class LearnerStudy:
         runs = [r for r in self.runs if r["method"] == method]
         return sum(r["learner_seconds"] for r in runs) / max(1e-12, sum(r["seconds"] for r in runs))
 
+    def overheads(self) -> dict[str, float]:
+        """The estimates' share of the training wall time of every learner run (``label, seed s``: share)."""
+        return {f"{r['label']}, seed {r['seed']}": r["learner_seconds"] / max(1e-12, r["seconds"])
+                for r in self.runs if r["method"] in ("polyak", "polyak_schedule", "gd")}
+
 
 def run_study(profile: str | Profile, *, seed: int = 0, data_root: str | os.PathLike | None = None,
               device: str | torch.device | None = "auto", store: ResultsStore | str | os.PathLike | None = None,
-              data: LearnerData | None = None, progress: bool = False) -> LearnerStudy:
-    """Every run of the study for seeds ``seed, seed + 1, ...`` (``learner.seeds`` of them), cached in ``store``."""
+              data: LearnerData | None = None, progress: bool = False, workers: int | None = None,
+              threads: int | None = None) -> LearnerStudy:
+    """Every run of the study for seeds ``seed, seed + 1, ...`` (``learner.seeds`` of them), then the Polyak
+    learner and the SGD chosen on the validation split for the further seeds up to ``learner.paired_seeds``;
+    cached in ``store``.
+
+    ``workers``: runs trained at once (``None``: :func:`default_workers`). With more than one (CPU only;
+    a ``store`` is needed), each run goes to a process of its own with ``cores // workers`` threads,
+    (``threads``, when given), which loads the images itself; the runs already in the store are loaded, not
+    repeated. Results depend on the thread count only in the last bits of floating-point sums.
+    """
     profile = load_profile(profile)
     sizes = profile.learner
     store = ResultsStore(store) if store is not None and not isinstance(store, ResultsStore) else store
-    data = data if data is not None else learner_data(profile, data_root, device)
-    plan = [(m, lr, s) for s in range(seed, seed + sizes.seeds)
-            for m, lr in [("polyak", None), ("gd", None), *[("sgd", v) for v in sizes.sgd_lrs], ("adam", None)]]
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
+    plan = [(m, lr, s) for s in range(seed, seed + sizes.seeds)
+            for m, lr in [("polyak", None), ("polyak_schedule", None), ("gd", None),
+                          *[("sgd", v) for v in sizes.sgd_lrs], ("adam", None)]]
+    first = _run_plan(profile, plan, data_root=data_root, device=device, store=store, data=data, progress=progress,
+                      workers=workers, threads=threads)
+    data = first.data
+    study = LearnerStudy(profile=profile, runs=first.runs, store=store, workers=first.workers)
+    extra = [(m, lr, s) for s in range(seed + sizes.seeds, seed + sizes.paired_seeds)
+             for m, lr in [("polyak", None), ("sgd", study.best_sgd_lr())]]
+    if extra:
+        second = _run_plan(profile, extra, data_root=data_root, device=device, store=store, data=data,
+                           progress=progress, workers=workers, threads=threads)
+        study.runs += second.runs
+        study.workers = max(study.workers, second.workers)
+    study.seconds = time.perf_counter() - start
+    return study
+
+
+@dataclass
+class _Done:
+    runs: list[dict[str, Any]]
+    data: LearnerData
+    workers: int
+
+
+def _run_plan(profile: Profile, plan: list[tuple[str, float | None, int]], *, data_root: str | os.PathLike | None,
+              device: str | torch.device | None, store: ResultsStore | None, data: LearnerData | None,
+              progress: bool, workers: int | None, threads: int | None) -> _Done:
+    """The runs of ``plan`` (method, lr, seed), those not in ``store`` trained ``workers`` at a time."""
+    pending = [p for p in plan if store is None or not store.has(run_config(profile, p[0], p[2], p[1]))]
+    workers = default_workers(device, len(pending)) if workers is None else int(workers)
+    workers = min(workers, max(1, len(pending)))
+    if workers > 1 and (store is None or resolve_device(device).type != "cpu"):
+        workers = 1  # side-by-side runs hand their results back through the store, on CPU cores
+    if workers > 1:
+        threads = threads if threads is not None else max(1, (os.cpu_count() or 1) // workers)
+        root = str(data_root) if data_root is not None else None
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                                 initargs=(profile, root, threads)) as pool:
+            futures = [pool.submit(_worker_run, profile, m, s, lr, str(store.root)) for m, lr, s in pending]
+            done: Iterator[Any] = as_completed(futures)
+            if progress:
+                from tqdm.auto import tqdm
+
+                done = iter(tqdm(done, total=len(futures), desc=f"learner runs ({workers} at a time)", leave=False))
+            for future in done:
+                future.result()  # a failed run raises here
+    data = data if data is not None else learner_data(profile, data_root, device)
     iterator: Iterator[Any] = iter(plan)
-    if progress:
+    if progress and workers == 1:
         from tqdm.auto import tqdm
 
-        iterator = iter(tqdm(plan, desc="learner study", leave=False))
+        iterator = iter(tqdm(plan, desc="learner runs", leave=False))
     runs = [run_method(profile, m, s, lr, data=data, store=store, device=device) for m, lr, s in iterator]
-    return LearnerStudy(profile=profile, runs=runs, seconds=time.perf_counter() - start, store=store)
+    return _Done(runs=runs, data=data, workers=workers)
 
 
 # ----------------------------------------------------------------------------- subset against batches
+
+
+def _final_network(study: LearnerStudy, run: dict[str, Any], recipe: TrainSizes, dev: torch.device) -> nn.Module:
+    model = model_from_profile(recipe)
+    if "model" in run:
+        model.load_state_dict(run["model"].state_dict())
+    else:
+        model.load_state_dict(torch.load(study.store.path(run["config"]) / "final.pt", map_location="cpu"))
+    return model.to(dev).eval()
 
 
 def subset_vs_batches(study: LearnerStudy, data: LearnerData, *, method: str = "polyak", seed: int | None = None,
@@ -329,24 +535,16 @@ def subset_vs_batches(study: LearnerStudy, data: LearnerData, *, method: str = "
     with BatchNorm statistics refreshed on the curvature subset, in eval mode, so the curvature
     subset and every batch see the same function: what differs is the number of images (M
     against the batch size B) and which images. ``learner.compare_batches`` batches of B training
-    images (test-time transforms) are drawn without replacement. Cached in the study's store.
+    images (test-time transforms at the training resolution) are drawn without replacement.
+    Cached in the study's store.
     """
-    profile = study.profile
-    sizes = profile.learner
-    seed = study.seeds[0] if seed is None else seed
-    run = study.run(method_label(method), seed)
-    recipe = run_recipe(profile, method)
+    sizes, seed, run, recipe = _end_of_run(study, method, seed)
     config = {"experiment": "learner_subset_vs_batches", "version": LEARNER_VERSION, "run": run["key"],
               "batches": sizes.compare_batches, "lanczos_steps": sizes.lanczos_steps, "batch_size": recipe.batch_size}
 
     def compute() -> dict[str, Any]:
         dev = resolve_device(device)
-        model = model_from_profile(recipe)
-        if "model" in run:
-            model.load_state_dict(run["model"].state_dict())
-        else:
-            model.load_state_dict(torch.load(study.store.path(run["config"]) / "final.pt", map_location="cpu"))
-        model = model.to(dev).eval()
+        model = _final_network(study, run, recipe, dev)
         x, y = data.curvature_x.to(dev), data.curvature_y.to(dev)
         net = refreshed_batchnorm(model, x)
         loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -369,6 +567,12 @@ def subset_vs_batches(study: LearnerStudy, data: LearnerData, *, method: str = "
     return table
 
 
+def _end_of_run(study: LearnerStudy, method: str, seed: int | None) -> tuple[Any, int, dict[str, Any], Any]:
+    """The learner sizes, the seed (default: the study's first), the run and its recipe."""
+    seed = study.seeds[0] if seed is None else seed
+    return study.profile.learner, seed, study.run(method_label(method), seed), run_recipe(study.profile, method)
+
+
 def _row(name: str, images: int, op: Any, steps: int, seed: int) -> dict[str, Any]:
     result = lanczos(op, steps, seed=seed)
     lam, mu = extremes(result.ritz_values, result.ritz_weights)
@@ -376,37 +580,102 @@ def _row(name: str, images: int, op: Any, steps: int, seed: int) -> dict[str, An
             "largest Ritz value": float(result.ritz_values.max()), "2 / lambda_max": 2.0 / lam}
 
 
+def estimate_tradeoff(study: LearnerStudy, data: LearnerData, *, method: str = "polyak", seed: int | None = None,
+                      device: str | torch.device | None = "cpu") -> pd.DataFrame:
+    """What an estimate costs and what it gives, at the end of one learner run.
+
+    For each Lanczos step count of ``learner.tradeoff_steps`` on the curvature subset of M images, and
+    for ``learner.lanczos_steps`` steps on M/2 and 2M images: the wall time of one estimate as the
+    learner takes it (BatchNorm refresh, a fresh operator, Lanczos), its ``lambda_max``, ``mu`` and
+    learning rate, and the rate's relative change from the most expensive row. Cached in the study's store
+    (the seconds are those of the run that computed it).
+    """
+    sizes, seed, run, recipe = _end_of_run(study, method, seed)
+    config = {"experiment": "learner_estimate_tradeoff", "version": LEARNER_VERSION, "run": run["key"],
+              "steps": list(sizes.tradeoff_steps), "lanczos_steps": sizes.lanczos_steps,
+              "curvature_images": sizes.curvature_images}
+
+    def compute() -> dict[str, Any]:
+        dev = resolve_device(device)
+        model = _final_network(study, run, recipe, dev)
+        train_y = data.train.labels
+        m = sizes.curvature_images
+        settings = [(steps, m) for steps in sizes.tradeoff_steps]
+        settings += [(sizes.lanczos_steps, n) for n in (max(2, m // 2), min(2 * m, len(train_y))) if n != m]
+        rows = []
+        for steps, n in settings:
+            index = stratified_indices(train_y, n, seed=CURVATURE_SEED)
+            x = normalize(centre_crop(data.train.images[index], data.resolution)).to(dev)
+            y = train_y[index].to(dev)
+            learner = SLQLearner(None, _curvature(model, x, y, recipe), rule="polyak", every_steps=1,
+                                 lanczos_steps=steps, seed=seed)
+            lam, mu, seconds = learner.estimate()
+            lr, momentum = learner.hyperparameters(lam, mu)
+            rows.append({"Lanczos steps": steps, "images": n, "seconds": seconds, "lambda_max": lam, "mu": mu,
+                         "lr": lr, "momentum": momentum})
+        return {"rows": rows}
+
+    result = study.store.cached(config, compute) if study.store is not None else compute()
+    table = pd.DataFrame(result["rows"])
+    reference = table.loc[(table["Lanczos steps"] * table["images"]).idxmax(), "lr"]
+    table["lr change"] = table["lr"] / reference - 1.0
+    table.attrs["run"] = run["label"]
+    table.attrs["seed"] = seed
+    return table
+
+
 # ----------------------------------------------------------------------------- claim 6
 
 
 def claim6(study: LearnerStudy) -> tuple[Verdict, dict[str, Any]]:
     """The claim-6 verdict (rule: :func:`hessian_lib.verdicts.claim6_verdict`) and the numbers behind it."""
-    grid = study.sgd_grid()
-    best = grid.loc[grid["mean_acc"].idxmax()]
+    best_lr = study.best_sgd_lr()
+    learner_acc, sgd_acc = study.paired("polyak")
+    word = claim6_verdict(learner_acc, sgd_acc)
+    mean, low, high = paired_interval(100.0 * (learner_acc - sgd_acc))
+    scheduled_acc, sgd_beside_scheduled = study.paired("polyak_schedule")
+    s_mean, s_low, s_high = paired_interval(100.0 * (scheduled_acc - sgd_beside_scheduled))
+    both = sorted({r["seed"] for r in study.runs_of(method_label("polyak_schedule"))}
+                  & {r["seed"] for r in study.runs_of(method_label("polyak"))})
+    effect = paired_interval(100.0 * np.array([study.run(method_label("polyak_schedule"), s)["test_acc"]
+                                               - study.run(method_label("polyak"), s)["test_acc"] for s in both]))
     stable = study.stable_range()
     chosen = study.chosen_lrs("polyak")
-    learner_acc = study.mean_acc("polyak")
-    word = claim6_verdict(learner_acc, float(best["mean_acc"]), chosen, stable)
+    inside = stable is not None and chosen.size > 0 and bool(((chosen >= stable[0]) & (chosen <= stable[1])).all())
+    overheads = study.overheads()
+    grid = study.sgd_grid().set_index("lr")
     numbers = {
-        "polyak_mean_test_acc": learner_acc, "best_sgd_mean_test_acc": float(best["mean_acc"]),
-        "best_sgd_lr": float(best["lr"]), "gap_pp": 100 * (float(best["mean_acc"]) - learner_acc),
+        "polyak_mean_test_acc": float(np.mean(learner_acc)), "best_sgd_mean_test_acc": float(np.mean(sgd_acc)),
+        "best_sgd_lr": best_lr, "best_sgd_mean_val_acc": float(grid.loc[best_lr, "mean_val_acc"]),
+        "difference_pp": mean, "difference_low_pp": low, "difference_high_pp": high,
+        "schedule_mean_test_acc": float(np.mean(scheduled_acc)), "schedule_difference_pp": s_mean,
+        "schedule_difference_low_pp": s_low, "schedule_difference_high_pp": s_high,
+        "schedule_effect_pp": effect[0], "schedule_effect_low_pp": effect[1], "schedule_effect_high_pp": effect[2],
         "gd_mean_test_acc": study.mean_acc("gd"), "adam_mean_test_acc": study.mean_acc("adam"),
         "stable_lr_low": stable[0] if stable else math.nan, "stable_lr_high": stable[1] if stable else math.nan,
         "polyak_lr_min": float(chosen.min()) if chosen.size else math.nan,
         "polyak_lr_max": float(chosen.max()) if chosen.size else math.nan,
+        "polyak_lr_inside": inside,
         "polyak_momentum_min": float(study.chosen_momenta().min()) if chosen.size else math.nan,
         "polyak_momentum_max": float(study.chosen_momenta().max()) if chosen.size else math.nan,
-        "polyak_overhead": study.overhead("polyak"), "seeds": len(study.seeds),
+        "polyak_overhead": study.overhead("polyak"), "max_overhead": max(overheads.values()) if overheads else 0.0,
+        "seeds": len(study.seeds), "paired_seeds": len(study.paired_seeds()),
     }
     stable_text = f"{stable[0]:g}-{stable[1]:g}" if stable else "empty (every grid value diverged)"
-    summary = (f"Polyak learner {100 * learner_acc:.1f}% mean test accuracy against {100 * best['mean_acc']:.1f}% for "
-               f"the best grid SGD (lr {best['lr']:g}); its learning rates {numbers['polyak_lr_min']:.3g}-"
-               f"{numbers['polyak_lr_max']:.3g} against the grid's non-diverging range {stable_text}")
+    summary = (f"Polyak learner {100 * numbers['polyak_mean_test_acc']:.1f}% mean test accuracy against "
+               f"{100 * numbers['best_sgd_mean_test_acc']:.1f}% for SGD at the validated lr {best_lr:g}; "
+               f"seed-paired difference {mean:+.1f} points [{low:+.1f}, {high:+.1f}]; its learning rates "
+               f"{numbers['polyak_lr_min']:.3g}-{numbers['polyak_lr_max']:.3g} "
+               f"{'inside' if inside else 'not all inside'} the grid's non-diverging range {stable_text}")
     sizes, recipe = study.profile.learner, run_recipe(study.profile, "adam")
     params = study.runs[0]["parameters"]
+    resolution = f" on {study.profile.train.low_res_size}-pixel crops" if sizes.low_res else ""
     scale = (f"profile {study.profile.name}: {recipe.model} ({params:,} parameters), {sizes.train_images:,} CIFAR-100 "
-             f"training images, {_count(sizes.epochs, 'epoch')} at B = {recipe.batch_size}, {len(study.seeds)} seeds, "
-             f"{sizes.test_images:,} test images")
+             f"training images ({sizes.validation_images:,} held out to choose SGD's rate), "
+             f"{_count(sizes.epochs, 'epoch')}{resolution} at B = {recipe.batch_size}, {len(study.seeds)} seeds "
+             f"({len(study.paired_seeds())} for the Polyak learner and the validated SGD), "
+             f"{sizes.test_images:,} test images; validated SGD {100 * numbers['best_sgd_mean_test_acc']:.1f}%, "
+             f"Polyak learner {100 * numbers['polyak_mean_test_acc']:.1f}%")
     verdict = Verdict(claim=6, verdict=word, summary=summary, numbers=numbers, scale=scale,
                       evidence="04_learner.html#learner-verdict")
     return verdict, numbers
