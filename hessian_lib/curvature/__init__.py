@@ -7,15 +7,14 @@ state and the reduction across processes. Algorithms (:func:`lanczos`, :func:`to
 :func:`slq_density`, :func:`hutchinson_trace`) only call ``op.matvec`` and work in float64.
 """
 
+from hessian_lib.curvature._protocol import MatrixOperator, expect_products
 from hessian_lib.curvature.dense import dense_ggn, dense_hessian, dense_matrix
 from hessian_lib.curvature.lanczos import (
     EigenResult,
     LanczosProcess,
     LanczosResult,
-    MatrixOperator,
     bottom_eigenvalues,
     default_basis_dtype,
-    expect_products,
     lanczos,
     start_vector,
     top_eigenvalues,

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from hessian_lib.curvature._protocol import LinearOperator, expect_products, progress_bar
 
 __all__ = [
     "EigenResult",
     "LanczosProcess",
     "LanczosResult",
-    "MatrixOperator",
     "default_basis_dtype",
     "bottom_eigenvalues",
-    "expect_products",
     "lanczos",
     "start_vector",
     "top_eigenvalues",
@@ -45,36 +44,6 @@ __all__ = [
 #: products plus 4 per eigenvalue asked for (a guess, low for tight tolerances; it only decides
 #: whether the operator prepares for a long run, see :func:`expect_products`).
 EXTREMAL_PRODUCTS_GUESS = 10
-
-
-class LinearOperator(Protocol):
-    """Anything with ``dim``, ``device`` and ``matvec([P]) -> [P]``."""
-
-    dim: int
-    device: torch.device
-
-    def matvec(self, v: Tensor) -> Tensor: ...
-
-
-class MatrixOperator:
-    """A dense symmetric matrix ``[P, P]`` as a :class:`LinearOperator` (matrices with a known spectrum)."""
-
-    def __init__(self, matrix: Tensor) -> None:
-        self.matrix = matrix
-        self.dim = int(matrix.shape[0])
-        self.device = matrix.device
-        self.dtype = matrix.dtype
-
-    def matvec(self, v: Tensor) -> Tensor:
-        return self.matrix @ v.to(self.matrix.dtype)
-
-
-def expect_products(op: object, n: int) -> None:
-    """Tell ``op`` that about ``n`` products will follow, if it takes the hint (the curvature
-    operators do: :meth:`~hessian_lib.curvature.CurvatureOperator.expect_products`)."""
-    hint = getattr(op, "expect_products", None)
-    if callable(hint):
-        hint(int(n))
 
 
 def default_basis_dtype(op: object) -> torch.dtype:
@@ -291,14 +260,6 @@ class LanczosProcess:
         )
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc)
-
-
 def lanczos(
     op: LinearOperator,
     num_iters: int,
@@ -335,7 +296,7 @@ def lanczos(
         op, seed=seed, v0=v0, reorthogonalize=reorthogonalize, keep_basis=return_vectors, capacity=num_iters, basis_dtype=basis_dtype
     )
     expect_products(op, min(num_iters, proc.dim))
-    bar = _progress(min(num_iters, proc.dim), progress, "Lanczos")
+    bar = progress_bar(min(num_iters, proc.dim), progress, "Lanczos")
     for _ in range(min(num_iters, proc.dim)):
         if not proc.step():
             break
@@ -390,7 +351,7 @@ def _extremal(
     limit = max(limit, min(dim, k))
     proc = LanczosProcess(op, seed=seed, reorthogonalize=True, basis_dtype=basis_dtype)
     expect_products(op, min(limit, EXTREMAL_PRODUCTS_GUESS + 4 * k))
-    bar = _progress(limit, progress, f"Lanczos ({which})")
+    bar = progress_bar(limit, progress, f"Lanczos ({which})")
     converged = False
     errs = torch.full((k,), float("inf"), dtype=torch.float64)
     while proc.num_iters < limit:

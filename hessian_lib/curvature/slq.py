@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hessian_lib.curvature.lanczos import LanczosProcess, LanczosResult, LinearOperator, _progress, expect_products, lanczos
+from hessian_lib.curvature._protocol import LinearOperator, expect_products, progress_bar
+from hessian_lib.curvature.lanczos import LanczosProcess, LanczosResult, lanczos
 
 __all__ = ["SLQResult", "gaussian_density", "slq_density"]
 
@@ -170,10 +171,10 @@ def slq_density(
     seeds = [seed + p for p in range(num_probes)]
     expect_products(op, num_probes * min(num_iters, int(op.dim)))
     if block and num_probes > 1:
-        bar = _progress(num_probes * min(num_iters, int(op.dim)), progress, "SLQ products")
+        bar = progress_bar(num_probes * min(num_iters, int(op.dim)), progress, "SLQ products")
         runs = _lockstep(op, num_iters, seeds, reorthogonalize, bar, basis_dtype)
     else:
-        bar = _progress(num_probes, progress, "SLQ probes")
+        bar = progress_bar(num_probes, progress, "SLQ probes")
         runs = []
         for s in seeds:
             runs.append(lanczos(op, num_iters, seed=s, reorthogonalize=reorthogonalize, basis_dtype=basis_dtype))

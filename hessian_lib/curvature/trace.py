@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hessian_lib.curvature.lanczos import LinearOperator, _progress, expect_products
+from hessian_lib.curvature._protocol import LinearOperator, expect_products, progress_bar
 
 __all__ = ["TraceEstimate", "hutchinson_trace", "hutchpp_trace"]
 
@@ -72,7 +72,7 @@ def hutchinson_trace(
     gen = torch.Generator().manual_seed(int(seed))
     Z = _rademacher(num_probes, op.dim, gen)
     expect_products(op, num_probes)
-    bar = _progress(num_probes, progress, "Hutchinson")
+    bar = progress_bar(num_probes, progress, "Hutchinson")
     AZ = _products(op, Z, block_size, bar)
     if bar is not None:
         bar.close()
@@ -100,7 +100,7 @@ def hutchpp_trace(
     S = _rademacher(s, op.dim, gen)
     G = _rademacher(n_rest, op.dim, gen)
     expect_products(op, 2 * s + n_rest)
-    bar = _progress(num_products, progress, "Hutch++")
+    bar = progress_bar(num_products, progress, "Hutch++")
     AS = _products(op, S, block_size, bar)
     Q, _ = torch.linalg.qr(AS.T)  # [P, s]
     AQ = _products(op, Q.T.contiguous(), block_size, bar)  # [s, P]
