@@ -61,11 +61,11 @@ from hessian_lib.curvature import (  # noqa: E402
     GGNOperator,
     HessianOperator,
     default_basis_dtype,
+    forget_linearizations,
     lanczos,
     slq_density,
     top_eigenvalues,
 )
-from hessian_lib.curvature.operators import forget_linearizations  # noqa: E402
 from hessian_lib.data import load_cifar100, normalize  # noqa: E402
 
 PHASES = ("paths", "profile", "cold", "lanczos", "blocks", "top5", "slq")
@@ -393,7 +393,7 @@ def main() -> None:
         t_lin = min(lin_cold)
         g = (g + grad_ref()) / 2
         warm = HessianOperator(model, crit, batches, cache_bytes=0)  # products until its trial has chosen
-        while not warm._decided:
+        while not warm._chooser.decided:
             warm.matvec(v)
         chosen = []
         for _ in range(2):
@@ -403,8 +403,8 @@ def main() -> None:
         g = (g + grad_ref()) / 2
         print(f"ours, first operator of the process (auto: graph): {first:.3f} s ({first / g:.2f}x grad)")
         print(f"ours, linearize incl. its trace: {traced:.3f} s; with the trace in memory: {t_lin:.3f} s ({t_lin / g:.2f}x grad)")
-        print(f"ours, auto once the process has chosen ({warm.path_in_use}{', channels-last' if warm._cl else ''}): "
-              f"{t_auto:.3f} s ({t_auto / g:.2f}x grad); {warm._why}")
+        print(f"ours, auto once the process has chosen ({warm.path_in_use}{', channels-last' if warm._chooser.cl else ''}): "
+              f"{t_auto:.3f} s ({t_auto / g:.2f}x grad); {warm._chooser.why}")
         res = {}
         for name in sorted(anchors):
             def one(cap: Cap, name: str = name) -> torch.Tensor:
@@ -450,15 +450,15 @@ def main() -> None:
             per2 = timed2.seconds / timed2.calls
             g = (g + grad_ref()) / 2
             print(f"  second operator on this model and batch shape: {t_l2:.1f} s, {per2:.3f} s per product ({per2 / g:.2f}x grad); "
-                  f"{op2._why}")
+                  f"{op2._chooser.why}")
             target = "target <= 1.3x" if cls is HessianOperator else "target <= 1.3x (GGN)"
             rows.append((f"amortised {cls.kind} product in Lanczos (20 steps) / gradient, operator on a model and batch "
                          f"shape seen before", f"{per2:.2f} s ({per2 / g:.2f}x)", "", "", "", target))
             rows.append((f"the same, first operator of the process (trace and trial included)",
                          f"{per:.2f} s ({per / g:.2f}x)", "", "", "", ""))
             rows.append((f"time outside products ({cls.kind} Lanczos 20)", f"{100 * outside:.1f}%", "", "", "", "target <= 5%"))
-            notes.append(f"{cls.kind} Lanczos, first operator: path {op.path_in_use!r}{' (channels-last)' if op._cl else ''}, "
-                         f"{op._why}; traces {pt.get('trace', float('nan')):.1f} s")
+            notes.append(f"{cls.kind} Lanczos, first operator: path {op.path_in_use!r}{' (channels-last)' if op._chooser.cl else ''}, "
+                         f"{op._chooser.why}; traces {pt.get('trace', float('nan')):.1f} s")
 
     # ---------------------------------------------------------------- blocks against vector by vector
     if "blocks" in phases:

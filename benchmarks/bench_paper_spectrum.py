@@ -38,8 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hessian_lib.curvature import HessianOperator, LanczosProcess  # noqa: E402
-from hessian_lib.curvature.operators import DEFAULT_CACHE_BYTES  # noqa: E402
+from hessian_lib.curvature import DEFAULT_CACHE_BYTES, HessianOperator, LanczosProcess  # noqa: E402
 from hessian_lib.data import load_cifar100, normalize  # noqa: E402
 from hessian_lib.models import build_model, count_parameters  # noqa: E402
 
@@ -149,7 +148,7 @@ def main() -> None:
         if steps and elapsed + steps[-1] > args.budget:
             print(f"stopping after {len(steps)} steps: the next would pass the {args.budget:.0f} s budget")
             break
-        settled.append(op._decided)
+        settled.append(op._chooser.decided)
         sync(device)
         t = time.perf_counter()
         proc.step()

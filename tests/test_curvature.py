@@ -318,13 +318,13 @@ def test_slq_runs_probes_in_lockstep_only_while_blocks_pay(cache_bytes, vectoris
     kw = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
     spy = _Spy(HessianOperator(model, LOSS, _split(x, y, [9]), path="linearize", **kw))
     if vectorised is not None:
-        spy.op._block[("linearize", 2)] = vectorised
+        spy.op._chooser.batched[("linearize", 2)] = vectorised
     res = slq_density(spy, 8, 2, seed=3)
     blocks = sum(len(s) == 2 for s in spy.shapes)
     assert spy.op.num_products == 16 == blocks * 2 + (len(spy.shapes) - blocks)
     assert all(len(s) == 2 for s in spy.shapes[:blocks])  # blocks first, then single products
     if expect == "measured":
-        expect = "blocks" if spy.op._block[("linearize", 2)] else "switch"
+        expect = "blocks" if spy.op._chooser.batched[("linearize", 2)] else "switch"
     if expect == "switch":
         assert 1 <= blocks <= 2 and not spy.op.blocks_pay(2)
     elif expect == "single":

@@ -19,8 +19,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-import hessian_lib.curvature.operators as ops
-from hessian_lib.curvature import GGNOperator, HessianOperator, dense_ggn, dense_hessian, lanczos, slq_density
+from hessian_lib.curvature import (
+    CurvatureOperator,
+    GGNOperator,
+    HessianOperator,
+    dense_ggn,
+    dense_hessian,
+    forget_linearizations,
+    lanczos,
+    slq_density,
+)
+from hessian_lib.curvature._autotune import PathChooser
+from hessian_lib.curvature._cache import graph_walk
+from hessian_lib.curvature._linearize import linear_inputs, linearization, model_tensors
 from test_curvature import _bn_cnn, _cnn, _data, _mlp, _one_thread, _rel, _split, run_on_two_processes  # noqa: F401
 
 PATHS = ("linearize", "graph")
@@ -152,12 +163,11 @@ def test_linearize_every_loss_and_reduction(kind, family, reduction):
 @pytest.fixture
 def eager_switch(monkeypatch):
     """Make the auto path's trial due after the first product (no trace-cost estimate)."""
-    monkeypatch.setattr(ops, "_FIRST_TRACE_SECONDS", 0.0)
-    monkeypatch.setattr(ops, "_TRACE_RATE_GUESS", 0.0)
-    monkeypatch.setattr(ops, "_TRACE_RATE", {})
-    ops.forget_linearizations()
+    monkeypatch.setattr(PathChooser, "first_trace_seconds", 0.0)
+    monkeypatch.setattr(PathChooser, "trace_rate_guess", 0.0)
+    forget_linearizations()  # and the trace rates measured so far
     yield
-    ops.forget_linearizations()
+    forget_linearizations()
 
 
 def test_a_loss_without_forward_mode_rules_is_refused_by_linearize_and_kept_on_graph_by_auto(eager_switch):
@@ -206,7 +216,7 @@ def test_auto_runs_a_trial_then_keeps_the_faster_and_remembers(kind, eager_switc
 
 
 def test_auto_starts_on_the_graph_and_small_problems_stay_there():
-    ops.forget_linearizations()  # the trace-time estimate from its default, not from earlier tests
+    forget_linearizations()  # the trace-time estimate from its default, not from earlier tests
     model = _mlp()
     x, y = _data("mlp")
     op = HessianOperator(model, LOSS, (x, y))
@@ -290,7 +300,7 @@ def test_block_looped_and_vectorised_agree(path):
         assert looped > 0 and vectorised > 0
         want = V.double() @ ref(model, LOSS, data)
         assert _rel(first, want) < TOL and _rel(op.matvec(V), want) < TOL
-        op._block[(path, 4)] = not op._block[(path, 4)]  # the other way
+        op._chooser.batched[(path, 4)] = not op._chooser.batched[(path, 4)]  # the other way
         assert _rel(op.matvec(V), want) < TOL
 
 
@@ -299,12 +309,12 @@ def test_slq_lockstep_equals_probe_after_probe(path):
     model = _cnn(3)
     x, y = _data("cnn", n=40, seed=5)
     op = HessianOperator(model, LOSS, _equal_batches(x, y, 20), path=path)
-    op._block[(path, 3)] = False  # looped blocks: the very same products as single vectors
+    op._chooser.batched[(path, 3)] = False  # looped blocks: the very same products as single vectors
     a = slq_density(op, 10, 3, seed=4, block=True)
     b = slq_density(op, 10, 3, seed=4, block=False)
     for ta, tb in zip(a.ritz_values, b.ritz_values):
         assert torch.equal(ta, tb)
-    op._block[(path, 3)] = True
+    op._chooser.batched[(path, 3)] = True
     c = slq_density(op, 10, 3, seed=4, block=True)
     for tc, tb in zip(c.ritz_values, b.ritz_values):
         assert torch.allclose(tc, tb, rtol=1e-4, atol=1e-6 * float(tb.abs().max()))
@@ -371,13 +381,13 @@ def test_graph_bytes_are_what_autograd_saved(kind):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         state = op._build(x, y)
-    skip = {t.untyped_storage().data_ptr() for t in (*op._model_tensors(), x, y)}
+    skip = {t.untyped_storage().data_ptr() for t in (*model_tensors(op), x, y)}
     tensors = state if isinstance(state, tuple) else tuple(state)
     for t in tensors:
         if isinstance(t, Tensor):
             sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     want = sum(n for p, n in sizes.items() if p not in skip)
-    nodes, got = ops._graph_walk(tensors, exclude=[*op._model_tensors(), x, y])
+    nodes, got = graph_walk(tensors, exclude=[*model_tensors(op), x, y])
     # up to a few 0-d scalars (4 bytes each) that some backward nodes keep out of their saved attributes
     assert nodes > 5 and want > 0 and 0 <= want - got <= 16
 
@@ -423,13 +433,13 @@ def test_undecided_graph_does_not_time_blocks():
     op = HessianOperator(model, LOSS, _equal_batches(x, y))
     V = torch.randn(2, op.dim)
     op.matvec(V)
-    assert not op._decided and op.block_timings == {}
+    assert not op._chooser.decided and op.block_timings == {}
     assert _rel(op.matvec(V), V.double() @ dense_hessian(model, LOSS, _equal_batches(x, y))) < TOL
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_announced_products_run_the_trial_on_the_first_product(kind, eager_switch):
-    """``expect_products(n >= EARLY_TRIAL_PRODUCTS)``: the first product is the trial (no graph
+    """``expect_products(n >= PathChooser.early_trial_products)``: the first product is the trial (no graph
     rental first), the block's other vectors go on the winner, and the products are right."""
     model = _cnn()
     x, y = _data("cnn", n=32)
@@ -438,7 +448,7 @@ def test_announced_products_run_the_trial_on_the_first_product(kind, eager_switc
     dense = ref(model, LOSS, data)
     V = torch.randn(3, sum(p.numel() for p in model.parameters()))
     op = cls(model, LOSS, data)
-    op.expect_products(ops.EARLY_TRIAL_PRODUCTS)
+    op.expect_products(PathChooser.early_trial_products)
     assert _rel(op.matvec(V), V.double() @ dense) < TOL
     assert {"graph_product", "linearize_product", "trace"} <= set(op.path_timings)
     assert "per product on the first batch]" in repr(op)  # the graph was kept for the trial: no set-up term
@@ -451,13 +461,14 @@ def test_announced_products_run_the_trial_on_the_first_product(kind, eager_switc
 def test_announced_products_that_would_not_pay_for_a_trial_stay_on_the_graph():
     """On a problem this small the graph's products over the announced run cost less than the
     trace would: the first product stays on the graph, undecided, and says why. An announcement
-    below ``EARLY_TRIAL_PRODUCTS`` does not even check."""
-    ops.forget_linearizations()  # the trace-time estimate from its default
+    below ``PathChooser.early_trial_products`` does not even check."""
+    forget_linearizations()  # the trace-time estimate from its default
     model = _mlp()
     x, y = _data("mlp")
     want = dense_hessian(model, LOSS, (x, y))
     v = torch.randn(want.shape[0])
-    for n, why in [(ops.EARLY_TRIAL_PRODUCTS - 1, "until the products pay"), (ops.EARLY_TRIAL_PRODUCTS, "would not pay")]:
+    early = PathChooser.early_trial_products
+    for n, why in [(early - 1, "until the products pay"), (early, "would not pay")]:
         op = HessianOperator(model, LOSS, (x, y))
         op.expect_products(n)
         assert _rel(op.matvec(v), want @ v.double()) < TOL
@@ -467,7 +478,7 @@ def test_announced_products_that_would_not_pay_for_a_trial_stay_on_the_graph():
 def test_lanczos_and_slq_announce_their_products(monkeypatch):
     """The algorithms tell the operator how many products follow (SLQ: steps x probes)."""
     heard: list[int] = []
-    monkeypatch.setattr(ops.CurvatureOperator, "expect_products", lambda self, n: heard.append(n))
+    monkeypatch.setattr(CurvatureOperator, "expect_products", lambda self, n: heard.append(n))
     model = _mlp()
     x, y = _data("mlp")
     op = HessianOperator(model, LOSS, (x, y), path="graph")
@@ -483,15 +494,15 @@ def test_first_block_after_the_trial_is_compared_with_its_single_product(eager_s
     x, y = _data("cnn", n=32)
     data = _equal_batches(x, y)
     op = HessianOperator(model, LOSS, data, path="auto")
-    op.expect_products(ops.EARLY_TRIAL_PRODUCTS)
+    op.expect_products(PathChooser.early_trial_products)
     V = torch.randn(2, op.dim)
     dense = dense_hessian(model, LOSS, data)
     op.matvec(V)
     assert op.block_timings == {}  # the trial's block: batch 0 by the trial, the others looped
     assert _rel(op.matvec(V), V.double() @ dense) < TOL
     single, vectorised = op.block_timings[op.path_in_use]
-    assert single == op._single_seconds[(op.path_in_use, 0)] and vectorised > 0
-    assert op._block[(op.path_in_use, 2)] == (vectorised < single)
+    assert single == op._chooser.single_seconds[(op.path_in_use, 0)] and vectorised > 0
+    assert op._chooser.batched[(op.path_in_use, 2)] == (vectorised < single)
 
 
 def test_a_state_not_kept_is_released_during_its_last_product():
@@ -499,8 +510,8 @@ def test_a_state_not_kept_is_released_during_its_last_product():
     model = _cnn()
     x, y = _data("cnn")
     op = HessianOperator(model, LOSS, (x, y), path="linearize", cache_bytes=0)
-    lin = op._linearization(x, y, False)
-    residuals = lin.build(op._lin_inputs(x, y, False))
+    lin = linearization(op, x, y, False)
+    residuals = lin.build(linear_inputs(op, x, y, False))
     tangents = op.unflatten(torch.randn(op.dim))
     kept = lin.apply(residuals, tangents)
     assert len(residuals) > 0

@@ -27,14 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from hessian_lib.curvature.operators import (
-    Batch,
-    CurvatureOperator,
-    LossFn,
-    _batch_size,
-    _is_single_batch,
-    batchnorm_mode,
-)
+from hessian_lib.curvature._base import CurvatureOperator
+from hessian_lib.curvature._data import Batch, LossFn, batch_size, batchnorm_mode, is_single_batch
 
 __all__ = ["dense_matrix", "dense_hessian", "dense_ggn"]
 
@@ -70,7 +64,7 @@ def _prepare(
         names = [p if isinstance(p, str) else by_id[id(p)] for p in params]
     if not names:
         raise ValueError("the model has no trainable parameters")
-    batches = [tuple(data)] if _is_single_batch(data) else list(data)  # type: ignore[arg-type]
+    batches = [tuple(data)] if is_single_batch(data) else list(data)  # type: ignore[arg-type]
     if dtype is not None:
         model = copy.deepcopy(model).to(dtype)
         batches = [
@@ -79,7 +73,7 @@ def _prepare(
         ]
     named = dict(model.named_parameters())
     shapes = [named[n].shape for n in names]
-    n_total = sum(_batch_size(b) for b in batches)
+    n_total = sum(batch_size(b) for b in batches)
     if n_total == 0:
         raise ValueError("the dataset is empty")
     return model, batches, names, shapes, n_total
@@ -106,7 +100,7 @@ def _whole_data(
 ) -> tuple[Callable[[Tensor], Tensor], Tensor]:
     """``net(w)``: the outputs of every non-empty batch concatenated ``[N, ...]``; and the
     targets concatenated the same way."""
-    full = [b for b in batches if _batch_size(b) > 0]
+    full = [b for b in batches if batch_size(b) > 0]
 
     def net(w: Tensor) -> Tensor:
         outs = [functional_call(model, unflat(w), (x,)) for x, _ in full]
