@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hessian_lib.curvature import GGNOperator, HessianOperator, batch_operator, dense_ggn, dense_hessian
-from test_curvature import _one_thread  # noqa: F401  (autouse: one intra-op thread for tiny models)
 
 TOL = 1e-6
 CUTS = [7, 12]  # 16 samples in batches of 7, 5, 4

@@ -1,0 +1,198 @@
+"""How ``path="auto"`` chooses (the trial, announced products, what the process remembers) and how blocks are
+multiplied (looped or vectorised)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from hessian_lib.curvature import (
+    CurvatureOperator,
+    HessianOperator,
+    dense_hessian,
+    forget_linearizations,
+    lanczos,
+    slq_density,
+)
+from hessian_lib.curvature._autotune import PathChooser
+
+from .cases import KINDS, LOSS, PATHS, TOL, cnn, equal_batches, make_data, mlp, rel, split
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_auto_runs_a_trial_then_keeps_the_faster_and_remembers(kind, eager_switch):
+    model = cnn()
+    x, y = make_data("cnn", n=32)
+    data = equal_batches(x, y)
+    cls, ref = KINDS[kind]
+    op = cls(model, LOSS, data)
+    assert op.path == "auto" and op.path_in_use == "graph" and "undecided" in repr(op)
+    dense = ref(model, LOSS, data)
+    V = torch.randn(2, op.dim)
+    for _ in range(3):
+        assert rel(op.matvec(V), V.double() @ dense) < TOL
+    t = op.path_timings
+    assert {"trace", "graph_product", "linearize_product", "linearize_channels_last_product"} <= set(t)
+    assert t["relative_difference"] < 1e-4
+    setup = "set-up included" in repr(op)  # the graph was not kept yet: each path's build counts, shared by 2
+    cost = {n: t[n] + (t[n.replace("_product", "_build")] / 2 if setup else 0.0) for n in t if n.endswith("_product")}
+    fastest = min(cost, key=cost.get)
+    faster = "graph" if fastest == "graph_product" else "linearize"
+    assert op.path_in_use == faster and f"'auto' -> {faster!r}" in repr(op) and "per product" in repr(op)
+    assert ("channels-last" in repr(op)) == (fastest == "linearize_channels_last_product")
+    assert all(p == faster for p, _ in op._cache.values())
+    again = cls(model, LOSS, data)
+    assert rel(again.matvec(V), V.double() @ dense) < TOL
+    assert again.path_in_use == faster and "chosen earlier" in repr(again)
+
+
+def test_auto_starts_on_the_graph_and_small_problems_stay_there():
+    forget_linearizations()  # the trace-time estimate from its default, not from earlier tests
+    model = mlp()
+    x, y = make_data("mlp")
+    op = HessianOperator(model, LOSS, (x, y))
+    v = torch.randn(op.dim)
+    for _ in range(5):
+        op.matvec(v)
+    assert op.path_in_use == "graph" and op.path_timings == {}
+
+
+class _DataDependent(nn.Module):
+    """A forward pass that branches on a value: cannot be traced on fake tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(6, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lin(x)
+        return torch.tanh(h) if bool(h.sum() > 0) else h
+
+
+def test_auto_stays_on_the_graph_when_the_model_cannot_be_traced(eager_switch):
+    model = _DataDependent()
+    x, y = make_data("mlp")
+    op = HessianOperator(model, LOSS, equal_batches(x, y))
+    V = torch.randn(2, op.dim)
+    want = V.double() @ dense_hessian(model, LOSS, equal_batches(x, y))
+    for _ in range(3):
+        assert rel(op.matvec(V), want) < TOL
+    assert op.path_in_use == "graph" and "cannot linearise" in repr(op)
+    with pytest.raises(RuntimeError, match="cannot linearise"):
+        HessianOperator(model, LOSS, (x, y), path="linearize").matvec(V[0])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_block_looped_and_vectorised_agree(path):
+    model = cnn()
+    x, y = make_data("cnn")
+    data = equal_batches(x, y)
+    for cls, ref in KINDS.values():
+        op = cls(model, LOSS, data, path=path)
+        V = torch.randn(4, op.dim)
+        first = op.matvec(V)  # measures both ways on the first batch
+        looped, vectorised = op.block_timings[path]
+        assert looped > 0 and vectorised > 0
+        want = V.double() @ ref(model, LOSS, data)
+        assert rel(first, want) < TOL and rel(op.matvec(V), want) < TOL
+        op._chooser.batched[(path, 4)] = not op._chooser.batched[(path, 4)]  # the other way
+        assert rel(op.matvec(V), want) < TOL
+
+
+def test_undecided_graph_does_not_time_blocks():
+    """Before the auto trial the graph multiplies blocks vector by vector, timing nothing: the
+    block measurement belongs to the path that stays."""
+    model = cnn()
+    x, y = make_data("cnn")
+    op = HessianOperator(model, LOSS, equal_batches(x, y))
+    V = torch.randn(2, op.dim)
+    op.matvec(V)
+    assert not op._chooser.decided and op.block_timings == {}
+    assert rel(op.matvec(V), V.double() @ dense_hessian(model, LOSS, equal_batches(x, y))) < TOL
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_announced_products_run_the_trial_on_the_first_product(kind, eager_switch):
+    """``expect_products(n >= PathChooser.early_trial_products)``: the first product is the trial (no graph
+    rental first), the block's other vectors go on the winner, and the products are right."""
+    model = cnn()
+    x, y = make_data("cnn", n=32)
+    data = equal_batches(x, y)
+    cls, ref = KINDS[kind]
+    dense = ref(model, LOSS, data)
+    V = torch.randn(3, sum(p.numel() for p in model.parameters()))
+    op = cls(model, LOSS, data)
+    op.expect_products(PathChooser.early_trial_products)
+    assert rel(op.matvec(V), V.double() @ dense) < TOL
+    assert {"graph_product", "linearize_product", "trace"} <= set(op.path_timings)
+    assert "per product on the first batch]" in repr(op)  # the graph was kept for the trial: no set-up term
+    assert len(op._cache) == len(data) and all(p == op.path_in_use for p, _ in op._cache.values())
+    assert rel(op.matvec(V), V.double() @ dense) < TOL
+    with pytest.raises(ValueError, match=">= 0"):
+        op.expect_products(-1)
+
+
+def test_announced_products_that_would_not_pay_for_a_trial_stay_on_the_graph():
+    """On a problem this small the graph's products over the announced run cost less than the
+    trace would: the first product stays on the graph, undecided, and says why. An announcement
+    below ``PathChooser.early_trial_products`` does not even check."""
+    forget_linearizations()  # the trace-time estimate from its default
+    model = mlp()
+    x, y = make_data("mlp")
+    want = dense_hessian(model, LOSS, (x, y))
+    v = torch.randn(want.shape[0])
+    early = PathChooser.early_trial_products
+    for n, why in [(early - 1, "until the products pay"), (early, "would not pay")]:
+        op = HessianOperator(model, LOSS, (x, y))
+        op.expect_products(n)
+        assert rel(op.matvec(v), want @ v.double()) < TOL
+        assert op.path_in_use == "graph" and op.path_timings == {} and why in repr(op)
+
+
+def test_lanczos_and_slq_announce_their_products(monkeypatch):
+    """The algorithms tell the operator how many products follow (SLQ: steps x probes)."""
+    heard: list[int] = []
+    monkeypatch.setattr(CurvatureOperator, "expect_products", lambda self, n: heard.append(n))
+    model = mlp()
+    x, y = make_data("mlp")
+    op = HessianOperator(model, LOSS, (x, y), path="graph")
+    lanczos(op, 7)
+    slq_density(op, 5, 3)
+    assert heard == [7, 15]
+
+
+def test_first_block_after_the_trial_is_compared_with_its_single_product(eager_switch):
+    """After the trial, the first block on the trial's batch is multiplied vectorised and its time
+    per vector compared with the trial's single product; the other batches loop until then."""
+    model = cnn()
+    x, y = make_data("cnn", n=32)
+    data = equal_batches(x, y)
+    op = HessianOperator(model, LOSS, data, path="auto")
+    op.expect_products(PathChooser.early_trial_products)
+    V = torch.randn(2, op.dim)
+    dense = dense_hessian(model, LOSS, data)
+    op.matvec(V)
+    assert op.block_timings == {}  # the trial's block: batch 0 by the trial, the others looped
+    assert rel(op.matvec(V), V.double() @ dense) < TOL
+    single, vectorised = op.block_timings[op.path_in_use]
+    assert single == op._chooser.single_seconds[(op.path_in_use, 0)] and vectorised > 0
+    assert op._chooser.batched[(op.path_in_use, 2)] == (vectorised < single)
+
+
+def test_auto_path_announced_run_repeats_on_the_same_path():
+    """An SLQ long enough to announce its products decides the path before its first product, so
+    a second run (which recalls the choice) multiplies on the same path. Only the first run's first
+    blocks may differ in how a block is multiplied (looped or vectorised): float rounding."""
+    forget_linearizations()
+    model = cnn()
+    x, y = make_data("cnn")
+    dens, paths = [], []
+    for _ in range(2):
+        op = HessianOperator(model, LOSS, split(x, y, [9]))
+        dens.append(slq_density(op, 8, 2, seed=3).density)
+        paths.append(op.path_in_use)
+        assert op.num_products == 16
+    assert paths[0] == paths[1]
+    torch.testing.assert_close(dens[0], dens[1], rtol=1e-5, atol=1e-6 * float(dens[0].max()))
