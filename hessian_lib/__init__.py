@@ -48,6 +48,6 @@ from hessian_lib.learner import SLQLearner, extremes, gd_hyperparameters, polyak
 from hessian_lib.models import MODEL_NAMES, build_model, count_parameters
 from hessian_lib.profiles import PROFILES, Profile, ProfileError, TrainSizes, load_profile, profile_names
 from hessian_lib.store import ResultsStore
-from hessian_lib.train import FitResult, evaluate, fit
+from hessian_lib.trainer import FitResult, evaluate, fit
 
 __version__ = "0.1.0"

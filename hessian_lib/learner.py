@@ -29,8 +29,8 @@ tunings of a quadratic :math:`\tfrac12 w^\top A w` whose spectrum lies in :math:
   momentum=beta)`` (``nesterov=False``) is exactly the heavy ball
   :math:`w_{t+1} = w_t - \alpha \nabla L(w_t) + \beta (w_t - w_{t-1})` while ``lr`` is constant.
 
-:class:`SLQLearner` is a :class:`~hessian_lib.train.TrainCallback`: handed to
-:func:`hessian_lib.train.fit` (``callbacks=[learner]``) it estimates at the first step and
+:class:`SLQLearner` is a :class:`~hessian_lib.trainer.TrainCallback`: handed to
+:func:`hessian_lib.trainer.fit` (``callbacks=[learner]``) it estimates at the first step and
 every ``every_steps`` optimiser steps, sets ``lr`` (and ``momentum`` for the Polyak rule) on
 every parameter group before every step, overriding the schedule, and its state travels in
 the checkpoints, so a resumed run equals an uninterrupted one.
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from hessian_lib.curvature import lanczos
-from hessian_lib.train import TrainCallback
+from hessian_lib.trainer import TrainCallback
 
 __all__ = [
     "BULK_WEIGHT",
@@ -220,7 +220,7 @@ class SLQLearner(TrainCallback):
 
     Args:
         optimizer: the optimiser whose parameter groups it sets (SGD for the Polyak rule); may
-            be ``None`` when the learner goes to :func:`~hessian_lib.train.fit`, which hands it
+            be ``None`` when the learner goes to :func:`~hessian_lib.trainer.fit`, which hands it
             its optimiser at the start of training.
         curvature: a callable with no arguments returning a fresh operator (``dim``,
             ``device``, ``matvec``) of the current weights, e.g.
@@ -237,7 +237,7 @@ class SLQLearner(TrainCallback):
         safety: multiplies the rule's :math:`\alpha` (1: off).
         lr_range, momentum_range: ``(low, high)`` clipping of the applied values (``None``: off).
         lr_schedule: ``step -> factor``: multiplies the held rate at every step (for example a
-            training recipe's warm-up and decay, :func:`hessian_lib.train.lr_factor`); ``None``
+            training recipe's warm-up and decay, :func:`hessian_lib.trainer.lr_factor`); ``None``
             (default, the paper's learner): the rate is held until the next estimate.
 
     ``history`` gets one dict per estimate: ``step``, ``lambda_max``, ``mu``, ``lr``, ``momentum``

@@ -105,7 +105,7 @@ _SCHEDULES = ("authors", "linear", "constant")
 
 @dataclass(frozen=True)
 class TrainSizes:
-    """The network and the training recipe of a run (see ``hessian_lib.train``).
+    """The network and the training recipe of a run (see ``hessian_lib.trainer``).
 
     ``model``: a name from ``hessian_lib.models.MODEL_NAMES``; ``width`` multiplies its channel
     counts; ``depth`` (0: the depth in the name) and ``widen_factor`` (WideResNet's k) size it.

@@ -24,7 +24,7 @@ from hessian_lib.learner import (BULK_WEIGHT, RULES, SLQLearner, extremes, gd_hy
                                  heavy_ball_rate, polyak_hyperparameters, refreshed_batchnorm)
 from hessian_lib.models import build_model
 from hessian_lib.profiles import TrainSizes
-from hessian_lib.train import fit, load_checkpoint
+from hessian_lib.trainer import fit, load_checkpoint
 from hessian_lib.verdicts import (CLAIM6_FLOOR_PP, CLAIM6_GAP_PP, CLAIM6_LEVEL, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE,
                                   claim6_verdict, paired_interval,
                                   stable_lr_range)

@@ -298,7 +298,7 @@ class _ScriptedFit:
         self.losses = losses
 
     def __call__(self, model, train, recipe, *, on_step, max_steps, **kwargs):
-        from hessian_lib.train import FitResult, StepInfo
+        from hessian_lib.trainer import FitResult, StepInfo
 
         for step, loss in enumerate(self.losses[:max_steps]):
             if not math.isfinite(loss) or loss > recipe.divergence_loss:

@@ -11,7 +11,7 @@ from hessian_lib.experiments import load_subsets, max_stable_lr_sweep, train_exp
 from hessian_lib.models import build_model
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore
-from hessian_lib.train import check_batch_size, evaluate, fit, load_checkpoint, lr_factor, make_optimizer
+from hessian_lib.trainer import check_batch_size, evaluate, fit, load_checkpoint, lr_factor, make_optimizer
 
 TINY = TrainSizes(model="vgg16", width=0.0625, epochs=1, batch_size=50, lr=0.01, checkpoint_every=1)
 
@@ -168,7 +168,7 @@ def test_lr_sweep_records_divergence_as_a_point(data_root, tmp_path):
 
 
 def test_derive_seed_gives_distinct_streams():
-    from hessian_lib.train import SEED_STREAMS, derive_seed
+    from hessian_lib.trainer import SEED_STREAMS, derive_seed
 
     seeds = {derive_seed(s, stream) for s in range(3) for stream in SEED_STREAMS}
     assert len(seeds) == 3 * len(SEED_STREAMS)
@@ -213,7 +213,7 @@ def test_store_key_changes_with_every_recipe_field():
 
 
 def test_checkpoint_of_another_recipe_is_refused(subsets, tmp_path):
-    from hessian_lib.train import CheckpointMismatch
+    from hessian_lib.trainer import CheckpointMismatch
 
     train, _ = subsets
     cfg = dataclasses.replace(TINY, epochs=2, batch_size=100)
@@ -225,7 +225,7 @@ def test_checkpoint_of_another_recipe_is_refused(subsets, tmp_path):
 
 
 def test_max_steps_and_callbacks(subsets, tmp_path):
-    from hessian_lib.train import TrainCallback
+    from hessian_lib.trainer import TrainCallback
 
     train, _ = subsets
 
@@ -263,7 +263,7 @@ def test_max_steps_and_callbacks(subsets, tmp_path):
 
 
 def test_divergence_inside_one_epoch_is_recorded_by_run_epoch(subsets):
-    from hessian_lib.train import _Run, make_optimizer, run_epoch
+    from hessian_lib.trainer import _Run, make_optimizer, run_epoch
 
     train, _ = subsets
     cfg = dataclasses.replace(TINY, batch_size=50, lr=1e5, schedule="constant", divergence_loss=20.0, augment=False)
@@ -281,7 +281,7 @@ def test_cpu_recipe_learns_within_forty_steps(data_root):
     """The cpu profile's recipe, 40 steps (2 epochs of 2,560 images): the mean training loss of the second
     epoch falls below 4.45 (chance is ln 100 = 4.61; two seeds measured 4.29 and 4.31)."""
     from hessian_lib.experiments import model_from_profile
-    from hessian_lib.train import derive_seed
+    from hessian_lib.trainer import derive_seed
 
     train = load_cifar100("train", data_root)
     subset = train.subset(stratified_indices(train.labels, 2_560))

@@ -49,7 +49,7 @@ from hessian_lib.learner import SLQLearner, extremes, gd_rate, heavy_ball_rate, 
 from hessian_lib.models import count_parameters
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, atomic_torch_save
-from hessian_lib.train import derive_seed, evaluate, fit, lr_factor, resolve_device
+from hessian_lib.trainer import derive_seed, evaluate, fit, lr_factor, resolve_device
 from hessian_lib.verdicts import Verdict, claim6_verdict, paired_interval, stable_lr_range
 
 __all__ = [
