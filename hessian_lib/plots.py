@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from hessian_lib import rmt
+from hessian_lib.laws import rmt
 
 __all__ = ["COLORS", "use_house_style", "spectrum_histogram", "rmt_explorer_frame", "training_curves",
            "broadened_density", "spectrum_density_frame", "shift_panel", "prediction_panel"]

@@ -382,7 +382,7 @@ class ScalingSizes:
 
 @dataclass(frozen=True)
 class LearnerSizes:
-    """Sizes of the Learner chapter: the SLQ learner against tuned SGD and Adam (``hessian_lib.learner``).
+    """Sizes of the Learner chapter: the SLQ learner against tuned SGD and Adam (``hessian_lib.slq_learner``).
 
     A class-stratified **validation split** of ``validation_images`` is held out of the CIFAR-100
     training images; every run trains on ``train_images`` of the rest (all of them when that is

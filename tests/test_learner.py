@@ -20,10 +20,11 @@ from hessian_lib.curvature import HessianOperator, lanczos
 from hessian_lib.data import load_cifar100, normalize, stratified_indices
 from hessian_lib.curvature import MatrixOperator
 from hessian_lib.experiments.learner import quadratic_demo
-from hessian_lib.learner import (BULK_WEIGHT, RULES, SLQLearner, extremes, gd_hyperparameters, gd_rate,
-                                 heavy_ball_rate, polyak_hyperparameters, refreshed_batchnorm)
+from hessian_lib.laws.learner import (BULK_WEIGHT, RULES, extremes, gd_hyperparameters, gd_rate, heavy_ball_rate,
+                                      polyak_hyperparameters)
 from hessian_lib.models import build_model
 from hessian_lib.profiles import TrainSizes
+from hessian_lib.slq_learner import SLQLearner, refreshed_batchnorm
 from hessian_lib.trainer import fit, load_checkpoint
 from hessian_lib.verdicts import (CLAIM6_FLOOR_PP, CLAIM6_GAP_PP, CLAIM6_LEVEL, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE,
                                   claim6_verdict, paired_interval,

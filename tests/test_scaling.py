@@ -1,12 +1,12 @@
-"""Tests of hessian_lib.scaling: learning-rate laws and the fits used on measured sweeps."""
+"""Tests of hessian_lib.laws.scaling: learning-rate laws and the fits used on measured sweeps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hessian_lib import rmt, scaling
 from hessian_lib.blas import limit_blas_threads
+from hessian_lib.laws import rmt, scaling
 
 
 @pytest.fixture(autouse=True, scope="module")

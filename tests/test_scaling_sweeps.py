@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_lib import scaling as laws
+from hessian_lib.laws import scaling as laws
 from hessian_lib.curvature.noise import gradient_noise_scale, per_sample_gradients
 from hessian_lib.experiments import scaling as S
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile

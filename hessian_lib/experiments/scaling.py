@@ -42,7 +42,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from hessian_lib import scaling as laws
 from hessian_lib.curvature import batch_operator, lanczos
 from hessian_lib.curvature.noise import gradient_noise_scale
 from hessian_lib.data import load_cifar100, normalize, stratified_indices
