@@ -237,7 +237,7 @@ def test_the_smoke_study_runs_and_loads_from_the_store(tmp_path, data_root):
     assert isinstance(study.summary(), str) and "outliers" in study.summary()
     import matplotlib.pyplot as plt
 
-    from hessian_lib import plots_mixture as PM
+    from hessian_lib.plots import mixture as PM
 
     for draw in (PM.spectra_figure, PM.gap_figure, PM.separation_figure, PM.measures_figure, PM.shift_figure):
         plt.close(draw(study))

@@ -176,7 +176,7 @@ def explorer_sample(batch_size: int, theta: float, dim: int, s1: float, *, n_dat
     :math:`\sigma^2 = (s_1/4)^2` and spike :math:`\ell = 1 + 4\theta`. Returns the eigenvalues
     (``wigner_eigenvalues`` [P], ``wishart_eigenvalues`` [P], ascending), the predicted tops, and
     the parameters (``theta``, ``s``, ``q`` = P/B, ``sigma2``, ``spike``, ``batch_size``, ``dim``,
-    ``s1``) that :func:`hessian_lib.plots.rmt_explorer_frame` draws.
+    ``s1``) that :func:`hessian_lib.plots.theory.rmt_explorer_frame` draws.
     """
     s = float(rmt.noise_scale(dim, s1**2 / dim, batch_size, n_data))
     sigma2, ell = (s1 / 4.0) ** 2, 1.0 + 4.0 * theta
