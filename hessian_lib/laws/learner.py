@@ -31,9 +31,9 @@ tunings of a quadratic :math:`\tfrac12 w^\top A w` whose spectrum lies in :math:
 
 :class:`~hessian_lib.slq_learner.SLQLearner` applies them while a network trains.
 
-The authors' scripts had four defects, each with a regression test in ``tests/test_learner.py``:
-an undefined variable in one variant (every rule here is exercised), a sort along the wrong
-axis when taking the largest :math:`|\theta|` (negative curvature folded in), ``+mu`` where
+The authors' scripts had four defects, each with a regression test in ``tests/laws/test_learner.py`` or
+``tests/test_slq_learner.py``: an undefined variable in one variant (every rule here is exercised), a sort
+along the wrong axis when taking the largest :math:`|\theta|` (negative curvature folded in), ``+mu`` where
 Polyak's formula has :math:`+\sqrt\mu`, and :math:`\alpha = \sqrt{\mu/\lambda_{\max}}`, which
 is dimensionless and so not a step size (a step size scales as 1/curvature).
 """
