@@ -7,7 +7,7 @@
 Throughput, measured side by side in one run for each network (the cpu profile's network
 and VGG-16-BN at width 1/4), at the profile's batch size and recipe:
 
-* **ours**: :func:`hessian_lib.train.fit` (in-memory uint8 images, one permutation and one
+* **ours**: :func:`hessian_lib.trainer.fit` (in-memory uint8 images, one permutation and one
   draw of crops/flips per epoch, a batched gather + crop + flip + normalise per step,
   channels_last);
 * **baseline**: what a user would write: a torchvision-style CIFAR-100 ``Dataset`` (PIL images,
@@ -44,7 +44,7 @@ from hessian_lib.data import CIFAR100_MEAN, CIFAR100_STD, load_cifar100
 from hessian_lib.experiments import model_from_profile, train_experiment
 from hessian_lib.models import count_parameters
 from hessian_lib.profiles import TrainSizes, load_profile
-from hessian_lib.train import derive_seed, fit, make_optimizer, resolve_device
+from hessian_lib.trainer import derive_seed, fit, make_optimizer, resolve_device
 
 THRESHOLDS = (0.30, 0.40, 0.48)
 

@@ -7,10 +7,11 @@ The public API, re-exported here:
   :func:`lanczos`, :func:`top_eigenvalues`, :func:`slq_density`, :func:`hutchinson_trace`
 * training: :func:`build_model`, :func:`fit`, :func:`train_experiment`, :func:`train_networks` (the K
   independent networks), :func:`measured_model` (a checkpoint as measurements see it), :class:`ResultsStore`
-* random-matrix and scaling laws: the modules :mod:`hessian_lib.rmt` and :mod:`hessian_lib.scaling`
+* the formulas: the package :mod:`hessian_lib.laws` (random-matrix laws, scaling laws and fits, the SLQ learner's
+  rules)
 """
 
-from hessian_lib import rmt, scaling
+from hessian_lib import laws
 from hessian_lib.curvature import (
     CurvatureOperator,
     EigenResult,
@@ -44,10 +45,11 @@ from hessian_lib.experiments.training import (
     train_experiment,
     train_networks,
 )
-from hessian_lib.learner import SLQLearner, extremes, gd_hyperparameters, polyak_hyperparameters
+from hessian_lib.laws.learner import extremes, gd_hyperparameters, polyak_hyperparameters
 from hessian_lib.models import MODEL_NAMES, build_model, count_parameters
 from hessian_lib.profiles import PROFILES, Profile, ProfileError, TrainSizes, load_profile, profile_names
+from hessian_lib.slq_learner import SLQLearner
 from hessian_lib.store import ResultsStore
-from hessian_lib.train import FitResult, evaluate, fit
+from hessian_lib.trainer import FitResult, evaluate, fit
 
 __version__ = "0.1.0"

@@ -96,7 +96,7 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hessian_lib.experiments import train_experiment
-    from hessian_lib.train import init_distributed, is_main_process
+    from hessian_lib.trainer import init_distributed, is_main_process
 
     profile = load_profile(args.profile, parse_overrides(args.overrides))
     init_distributed(args.device)
@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from hessian_lib.experiments import sweep
-    from hessian_lib.train import init_distributed, is_main_process
+    from hessian_lib.trainer import init_distributed, is_main_process
 
     grid = _parse_grid(args.grid)
     if not grid:

@@ -105,7 +105,7 @@ _SCHEDULES = ("authors", "linear", "constant")
 
 @dataclass(frozen=True)
 class TrainSizes:
-    """The network and the training recipe of a run (see ``hessian_lib.train``).
+    """The network and the training recipe of a run (see ``hessian_lib.trainer``).
 
     ``model``: a name from ``hessian_lib.models.MODEL_NAMES``; ``width`` multiplies its channel
     counts; ``depth`` (0: the depth in the name) and ``widen_factor`` (WideResNet's k) size it.
@@ -382,7 +382,7 @@ class ScalingSizes:
 
 @dataclass(frozen=True)
 class LearnerSizes:
-    """Sizes of the Learner chapter: the SLQ learner against tuned SGD and Adam (``hessian_lib.learner``).
+    """Sizes of the Learner chapter: the SLQ learner against tuned SGD and Adam (``hessian_lib.slq_learner``).
 
     A class-stratified **validation split** of ``validation_images`` is held out of the CIFAR-100
     training images; every run trains on ``train_images`` of the rest (all of them when that is

@@ -16,7 +16,7 @@ from hessian_lib.data import load_cifar100, normalize, stratified_indices
 from hessian_lib.experiments.training import model_from_profile
 from hessian_lib.models import canonical_name, count_parameters
 from hessian_lib.profiles import TrainSizes, load_profile
-from hessian_lib.train import make_optimizer
+from hessian_lib.trainer import make_optimizer
 
 PAPER = load_profile("paper")
 

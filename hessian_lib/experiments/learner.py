@@ -5,7 +5,7 @@ images; every run trains on ``learner.train_images`` of the rest. Every run is a
 the profile's ``learner`` and ``train`` sections, a method and a seed, cached in the results store
 (:func:`run_method`). :func:`run_study` runs them all, several at a time on a multi-core CPU:
 
-* ``polyak``: :class:`~hessian_lib.learner.SLQLearner` with the heavy-ball rule (SGD, no Nesterov),
+* ``polyak``: :class:`~hessian_lib.slq_learner.SLQLearner` with the heavy-ball rule (SGD, no Nesterov),
   holding each rate until the next estimate (the paper's learner);
 * ``polyak_schedule``: the same, with the recipe's warm-up and decay as a multiplier on the rate it sets;
 * ``gd``: the learner with the gradient-descent rule (SGD without momentum);
@@ -23,7 +23,7 @@ The learner's curvature is the Hessian of the training loss (label smoothing and
 decay included) on a fixed curvature subset of the training images with test-time transforms
 (centre crops at the training resolution), ``bn_mode="eval"``, on a copy of the network whose
 BatchNorm statistics are refreshed on that subset before each estimate
-(:func:`~hessian_lib.learner.refreshed_batchnorm`).
+(:func:`~hessian_lib.slq_learner.refreshed_batchnorm`).
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ from torch import nn
 from hessian_lib.curvature import HessianOperator, MatrixOperator, batch_operator, lanczos
 from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified_indices
 from hessian_lib.experiments.training import CURVATURE_SEED, SUBSET_SEED, TRAINER_VERSION, model_from_profile
-from hessian_lib.learner import SLQLearner, extremes, gd_rate, heavy_ball_rate, refreshed_batchnorm
+from hessian_lib.laws.learner import extremes, gd_rate, heavy_ball_rate
 from hessian_lib.models import count_parameters
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
+from hessian_lib.slq_learner import SLQLearner, refreshed_batchnorm
 from hessian_lib.store import ResultsStore, atomic_torch_save
-from hessian_lib.train import derive_seed, evaluate, fit, lr_factor, resolve_device
+from hessian_lib.trainer import derive_seed, evaluate, fit, lr_factor, resolve_device
 from hessian_lib.verdicts import Verdict, claim6_verdict, paired_interval, stable_lr_range
 
 __all__ = [
@@ -695,8 +696,8 @@ def quadratic_demo(*, kappa: float = 100.0, n_bulk: int = 150, n_outliers: int =
 
     Returns, per rule (``gd``, ``polyak``), the learner's estimate (``lambda_max``, ``mu``, ``lr``,
     ``momentum``) and the error :math:`\lVert P_+ w_t\rVert` on the curved eigenspace at every
-    step, beside the predicted rates :func:`~hessian_lib.learner.gd_rate` and
-    :func:`~hessian_lib.learner.heavy_ball_rate`.
+    step, beside the predicted rates :func:`~hessian_lib.laws.learner.gd_rate` and
+    :func:`~hessian_lib.laws.learner.heavy_ball_rate`.
     """
     gen = torch.Generator().manual_seed(seed)
     eigenvalues = torch.cat([torch.zeros(n_bulk, dtype=torch.float64),

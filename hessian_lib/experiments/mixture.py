@@ -44,7 +44,7 @@ from hessian_lib.mixture import GaussianMixture, make_mixture
 from hessian_lib.models.mlp import VectorMLP
 from hessian_lib.profiles import MixtureSizes, Profile, SpectraSizes, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, atomic_torch_save
-from hessian_lib.train import derive_seed, fit, lr_factor, make_optimizer
+from hessian_lib.trainer import derive_seed, fit, lr_factor, make_optimizer
 
 __all__ = [
     "MIXTURE_VERSION",
@@ -137,7 +137,7 @@ def train_mlp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: TrainS
     """Train ``model`` in place on (x [n, d], y [n]) with ``recipe``; per-epoch ``train_loss`` and ``train_acc`` [E].
 
     Mini-batches of ``recipe.batch_size`` in a seeded order (the last incomplete batch dropped), the
-    recipe's optimiser, label smoothing, warm-up and schedule (:func:`hessian_lib.train.lr_factor`).
+    recipe's optimiser, label smoothing, warm-up and schedule (:func:`hessian_lib.trainer.lr_factor`).
     """
     gen = torch.Generator().manual_seed(derive_seed(seed, "order"))
     opt = make_optimizer(model.parameters(), recipe)

@@ -6,7 +6,7 @@ full resolution, so no trial starts from initialisation and every interval can c
 variation between networks.
 
 * **Divergence trials** (:func:`divergence_trial`): ``steps`` optimiser steps at one constant
-  learning rate and batch size, with :func:`~hessian_lib.train.fit`, BatchNorm on its running
+  learning rate and batch size, with :func:`~hessian_lib.trainer.fit`, BatchNorm on its running
   statistics. A trial *diverges* when a training loss is non-finite or the training loss averaged
   over ``loss_window`` steps exceeds ``divergence_factor`` times the starting loss.
 * **Sweeps** (:func:`lr_sweep`): for each batch size, a ladder then a bisection on
@@ -42,7 +42,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from hessian_lib import scaling as laws
 from hessian_lib.curvature import batch_operator, lanczos
 from hessian_lib.curvature.noise import gradient_noise_scale
 from hessian_lib.data import load_cifar100, normalize, stratified_indices
@@ -65,7 +64,7 @@ from hessian_lib.experiments.scaling_analysis import (
 )
 from hessian_lib.profiles import Profile, ScalingSizes, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, config_key
-from hessian_lib.train import StepInfo, TrainCallback, derive_seed, evaluate, fit, resolve_device
+from hessian_lib.trainer import StepInfo, TrainCallback, derive_seed, evaluate, fit, resolve_device
 
 __all__ = [
     "OPTIMIZERS",
@@ -242,7 +241,7 @@ class _FrozenSteps(TrainCallback):
 class _FrozenBatchNorm(TrainCallback):
     """BatchNorm layers use their running statistics (and leave them alone) at every step.
 
-    :func:`~hessian_lib.train.fit` puts the network in training mode at each epoch; this switches
+    :func:`~hessian_lib.trainer.fit` puts the network in training mode at each epoch; this switches
     the BatchNorm layers back before every forward pass, so a trial trains the network whose batch
     Hessians :func:`curvature_prediction` takes (``bn_mode="eval"``): a fixed function of its
     weights, whose loss can truly diverge (with batch statistics, the weights before a BatchNorm

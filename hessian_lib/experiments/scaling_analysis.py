@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from hessian_lib import scaling as laws
 from hessian_lib import verdicts
+from hessian_lib.laws import scaling
 from hessian_lib.profiles import Profile
 
 __all__ = [
@@ -41,7 +41,7 @@ PARITY_ARMS: tuple[tuple[str, str, tuple[int, ...], str], ...] = (
     ("Adam, square-root scaling", "adam", (1, 4, 16), "sqrt"),
     ("Adam, linear scaling (control)", "adam", (16,), "linear"),
 )
-_MISSING = laws.Interval(math.nan, math.nan, math.nan)
+_MISSING = scaling.Interval(math.nan, math.nan, math.nan)
 
 
 @dataclass
@@ -86,8 +86,8 @@ class ScalingJudgement:
     optimizer_words: dict[str, str]
     fits: dict[str, dict[str, Any]]
     parity: dict[str, tuple[float, list[float], float, bool]]
-    mechanism: dict[str, tuple[laws.Interval, float]]
-    network_mechanism: list[dict[str, tuple[laws.Interval, float]]]
+    mechanism: dict[str, tuple[scaling.Interval, float]]
+    network_mechanism: list[dict[str, tuple[scaling.Interval, float]]]
     conditions: dict[str, dict[str, bool]]
 
 
@@ -175,22 +175,22 @@ class ScalingResult:
 
         ``slope``: log-log slope over them; ``slope_small``: over the ``smallest`` smallest batch
         sizes of the grid (absent unless all of those are bracketed); ``saturating`` and ``sqrt``:
-        :func:`~hessian_lib.scaling.fit_saturating_brackets` and the square-root law
-        (:func:`~hessian_lib.scaling.fit_power_brackets`); ``unbracketed``: the grid points left out.
+        :func:`~hessian_lib.laws.scaling.fit_saturating_brackets` and the square-root law
+        (:func:`~hessian_lib.laws.scaling.fit_power_brackets`); ``unbracketed``: the grid points left out.
         The bootstrap resamples networks, then sweeps within each. ``networks``: only their sweeps.
         """
         b, lower, upper, groups = self.bracket_arrays(optimizer, networks)
         out: dict[str, Any] = {"batch_sizes": b, "lower": lower, "upper": upper,
                                "unbracketed": sorted(set(self.batch_sizes) - {int(v) for v in b})}
         if b.size >= 2:
-            out["slope"] = laws.bootstrap_slope(b, lower, upper, level=level, n_boot=n_boot, seed=1, groups=groups)
+            out["slope"] = scaling.bootstrap_slope(b, lower, upper, level=level, n_boot=n_boot, seed=1, groups=groups)
         first = self.batch_sizes[:smallest]
         if smallest >= 2 and [int(v) for v in b[:smallest]] == first:
-            out["slope_small"] = laws.bootstrap_slope(b[:smallest], lower[:, :smallest], upper[:, :smallest],
-                                                      level=level, n_boot=n_boot, seed=2, groups=groups)
+            out["slope_small"] = scaling.bootstrap_slope(b[:smallest], lower[:, :smallest], upper[:, :smallest],
+                                                         level=level, n_boot=n_boot, seed=2, groups=groups)
         if b.size >= 3:
-            out["saturating"] = laws.fit_saturating_brackets(b, lower, upper, level=level, seed=3, groups=groups)
-            out["sqrt"] = laws.fit_power_brackets(b, lower, upper, 0.5, level=level, seed=4, groups=groups)
+            out["saturating"] = scaling.fit_saturating_brackets(b, lower, upper, level=level, seed=3, groups=groups)
+            out["sqrt"] = scaling.fit_power_brackets(b, lower, upper, 0.5, level=level, seed=4, groups=groups)
         return out
 
     def claim4_evidence(self, fit: Mapping[str, Any], parity: bool) -> dict[str, Any]:
@@ -292,8 +292,8 @@ class ScalingResult:
         return out
 
     def mechanism(self, optimizer: str = "sgd", *, level: float = 0.95, n_boot: int = 4000,
-                  network: int | None = None) -> tuple[laws.Interval, float]:
-        """The slope of measured over predicted against B (:func:`~hessian_lib.scaling.bootstrap_ratio_slope`) and
+                  network: int | None = None) -> tuple[scaling.Interval, float]:
+        """The slope of measured over predicted against B (:func:`~hessian_lib.laws.scaling.bootstrap_ratio_slope`) and
         its level (median ratio), over the batch sizes bracketed in every sweep; of ``network`` alone when given."""
         nets = None if network is None else [network]
         b, lower, upper, groups = self.bracket_arrays(optimizer, nets)
@@ -302,8 +302,9 @@ class ScalingResult:
         lam = self.lambdas(b)
         if network is not None:
             lam, groups = lam[[network]], np.zeros_like(groups)
-        return laws.bootstrap_ratio_slope(b, lower, upper, lam, groups, numerator=self.prediction_numerator(optimizer),
-                                          level=level, n_boot=n_boot, seed=5)
+        return scaling.bootstrap_ratio_slope(b, lower, upper, lam, groups,
+                                             numerator=self.prediction_numerator(optimizer),
+                                             level=level, n_boot=n_boot, seed=5)
 
     def prediction_table(self) -> pd.DataFrame:
         """Per B: lambda_max (mean over networks and draws, and the range of the networks' means), and measured

@@ -13,7 +13,7 @@ contributes independently of its batch):
   shift and its spread (:func:`plan_draws`), and the exponent :math:`\gamma` of
   :math:`\Delta \propto (1/B - 1/N)^\gamma` with a confidence interval (:func:`fit_shift_exponent`);
 * a direct estimate of the per-sample curvature noise (:func:`per_sample_noise_scale`) and
-  three parameter-free predictions of the batch extremes from it (:mod:`hessian_lib.rmt`);
+  three parameter-free predictions of the batch extremes from it (:mod:`hessian_lib.laws.rmt`);
 * a dense-Hessian validation of Lanczos on a network small enough to diagonalise exactly.
 
 Every result is cached in a :class:`~hessian_lib.store.ResultsStore` per (checkpoint, matrix),
@@ -35,12 +35,13 @@ import scipy.stats
 import torch
 from torch import nn
 
-from hessian_lib import rmt, scaling, verdicts
+from hessian_lib import verdicts
 from hessian_lib.curvature import GGNOperator, HessianOperator, batch_operator, dense_ggn, dense_hessian, lanczos
 from hessian_lib.device import resolve_device
 from hessian_lib.experiments.theory import child_seed
 from hessian_lib.experiments.training import (TrainResult, curvature_inputs, measured_model, network_seeds,
                                               train_experiment)
+from hessian_lib.laws import rmt, scaling
 from hessian_lib.models.mlp import PooledMLP
 from hessian_lib.profiles import Profile, SpectraSizes, load_profile
 from hessian_lib.store import ResultsStore
@@ -352,7 +353,7 @@ def pool_shift(spectra: list[dict[str, Any]], end: str, *, confidence: float = v
     is the percentile interval of the replicates' :math:`\gamma`, NaN when more than
     :data:`POOL_MAX_UNFITTED` of them cannot be fitted. Resampling K networks makes a bootstrap
     spread too narrow by :math:`\sqrt{(K-1)/K}`, so the standard error and the interval are
-    widened about the estimate by :func:`~hessian_lib.scaling.cluster_expansion` (1.22 for K = 3).
+    widened about the estimate by :func:`~hessian_lib.laws.scaling.cluster_expansion` (1.22 for K = 3).
 
     Returns a table with one row per B (``B``, ``x``, ``shift``, ``se``, ``se/shift``, ``draws``:
     over all networks, ``flagged``, and ``shift net k`` for each network k) whose ``attrs`` hold
@@ -440,7 +441,7 @@ def per_sample_noise_scale(
     ``directions`` (name -> unit vector [P], e.g. the empirical top eigenvector v) adds the
     noise *along* each direction, ``s2_<name>`` :math:`= \mathbb E_i \lVert (I - vv^\top)(M_i - M)v\rVert^2`,
     and its standard error ``s2_<name>_err``: the variance that second-order perturbation theory
-    says pushes the eigenvalue of v (:func:`hessian_lib.rmt.directional_outlier`). For isotropic
+    says pushes the eigenvalue of v (:func:`hessian_lib.laws.rmt.directional_outlier`). For isotropic
     Wigner noise it equals :math:`s_1^2`; for noise concentrated on v's neighbourhood it is larger.
     """
     model.eval()
@@ -579,10 +580,10 @@ class SpectraResult:
         r"""The three noise models' predictions of the extreme eigenvalue (signed) for each B: name -> (value, error).
 
         Parameter-free, from the empirical extreme :math:`\theta` and the measured noise:
-        isotropic Wigner (:func:`hessian_lib.rmt.wigner_outlier` with :math:`s = s_1\sqrt x`),
-        directional (:func:`hessian_lib.rmt.directional_outlier` with :math:`s_v^2` along the
+        isotropic Wigner (:func:`hessian_lib.laws.rmt.wigner_outlier` with :math:`s = s_1\sqrt x`),
+        directional (:func:`hessian_lib.laws.rmt.directional_outlier` with :math:`s_v^2` along the
         extreme eigenvector) and rank-deficient Marchenko-Pastur
-        (:func:`hessian_lib.rmt.rank_deficient_outlier` with rank C - 1 per sample). The error
+        (:func:`hessian_lib.laws.rmt.rank_deficient_outlier` with rank C - 1 per sample). The error
         propagates one standard error of :math:`s_1` (:math:`s_v^2`).
         """
         sp, noise = self.spectra[(epoch, kind)], self.noise[(epoch, kind)]

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 
-from hessian_lib import rmt, verdicts
+from hessian_lib import verdicts
 from hessian_lib.blas import limit_blas_threads
+from hessian_lib.laws import rmt
 
 __all__ = [
     "child_seed",
@@ -77,7 +78,7 @@ def wigner_outlier_table(
     r"""Measured vs predicted extreme eigenvalues of :math:`\mathrm{diag}(\text{spikes}) + W_{s(B)}`.
 
     One row per batch size B: the noise scale s, the predicted top and bottom
-    (:func:`hessian_lib.rmt.wigner_extremes`), and the mean and standard deviation
+    (:func:`hessian_lib.laws.rmt.wigner_extremes`), and the mean and standard deviation
     over ``repeats`` independent P x P samples.
     """
     sigma2 = s1**2 / dim
@@ -131,7 +132,7 @@ def mp_outlier_table(
 ) -> pd.DataFrame:
     r"""Measured vs predicted top eigenvalue of a spiked sample covariance (GGN-like), one row per B.
 
-    q = P/B; the prediction is :func:`hessian_lib.rmt.mp_spiked_top`, and the
+    q = P/B; the prediction is :func:`hessian_lib.laws.rmt.mp_spiked_top`, and the
     column ``separated`` says whether the spike exceeds the threshold :math:`1 + \sqrt q`.
     """
     rows = []
@@ -175,7 +176,7 @@ def explorer_sample(batch_size: int, theta: float, dim: int, s1: float, *, n_dat
     :math:`\sigma^2 = (s_1/4)^2` and spike :math:`\ell = 1 + 4\theta`. Returns the eigenvalues
     (``wigner_eigenvalues`` [P], ``wishart_eigenvalues`` [P], ascending), the predicted tops, and
     the parameters (``theta``, ``s``, ``q`` = P/B, ``sigma2``, ``spike``, ``batch_size``, ``dim``,
-    ``s1``) that :func:`hessian_lib.plots.rmt_explorer_frame` draws.
+    ``s1``) that :func:`hessian_lib.plots.theory.rmt_explorer_frame` draws.
     """
     s = float(rmt.noise_scale(dim, s1**2 / dim, batch_size, n_data))
     sigma2, ell = (s1 / 4.0) ** 2, 1.0 + 4.0 * theta

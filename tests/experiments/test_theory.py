@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from hessian_lib import rmt
 from hessian_lib.experiments import theory
+from hessian_lib.laws import rmt
 
 
 def test_wigner_table_matches_the_formula_and_reproduces():

@@ -1,4 +1,4 @@
-"""The trainer: schedule, optimisers, a short run that learns, divergence, resume, and the experiment API."""
+"""The trainer: schedule, optimisers, a short run that learns, divergence, resume."""
 
 import dataclasses
 import math
@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from hessian_lib.data import load_cifar100, stratified_indices
-from hessian_lib.experiments import load_subsets, max_stable_lr_sweep, train_experiment
 from hessian_lib.models import build_model
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
-from hessian_lib.store import ResultsStore
-from hessian_lib.train import check_batch_size, evaluate, fit, load_checkpoint, lr_factor, make_optimizer
+from hessian_lib.trainer import check_batch_size, evaluate, fit, load_checkpoint, lr_factor, make_optimizer
 
 TINY = TrainSizes(model="vgg16", width=0.0625, epochs=1, batch_size=50, lr=0.01, checkpoint_every=1)
 
@@ -127,48 +125,11 @@ def test_resume_after_interruption_equals_uninterrupted(subsets, tmp_path):
     assert state["epoch"] == 3 and state["step"] == 12
 
 
-def test_train_experiment_store_and_checkpoints(data_root, tmp_path):
-    store = ResultsStore(tmp_path)
-    steps = []
-    small = {"train.epochs": 2, "data.train_subset": 200, "data.test_subset": 100, "data.curvature_subset": 50}
-    run = train_experiment("smoke", overrides=small, seed=1, data_root=data_root, device="cpu",
-                           store=store, on_step=lambda info: steps.append(info.step))
-    assert len(run.history) == 2 and sorted(run.checkpoints) == [1, 2] and run.model is not None
-    assert store.has(run.config) and 0 <= run.test_acc <= 1
-    again = train_experiment("smoke", overrides=small, seed=1, data_root=data_root, device="cpu",
-                             store=store, on_step=lambda info: steps.append(-1))
-    assert -1 not in steps and again.history == run.history and again.model is None
-    model = again.model_at(2)
-    for a, b in zip(model.state_dict().values(), run.model.state_dict().values()):
-        assert torch.equal(a, b.cpu())
-    subsets = load_subsets("smoke", data_root)
-    assert len(subsets.train) == 500 and len(subsets.test) == 200 and len(subsets.curvature) == 100
-
-
-def test_experiment_rejects_bad_input_before_training(data_root, tmp_path):
-    with pytest.raises(ValueError, match="larger than the training subset"):
-        train_experiment("smoke", overrides={"train.batch_size": 501}, data_root=data_root, device="cpu")
-    from hessian_lib.data import DataError
-
-    with pytest.raises(DataError):
-        train_experiment("smoke", data_root=tmp_path / "nowhere", device="cpu")
-
-
-def test_lr_sweep_records_divergence_as_a_point(data_root, tmp_path):
-    overrides = {"data.train_subset": 200, "data.test_subset": 100, "data.curvature_subset": 100,
-                 "train.schedule": "constant", "train.augment": False}
-    stable, result = max_stable_lr_sweep("smoke", [50, 100], [0.01, 1e4], epochs=1, overrides=overrides,
-                                         data_root=data_root, device="cpu", store=tmp_path)
-    assert stable == {50: 0.01, 100: 0.01}
-    assert [r["diverged"] for r in result.rows] == [False, True, False, True]
-    assert "diverged" in result.table()
-
-
 # ----------------------------------------------------------------------------- the trainer's pieces
 
 
 def test_derive_seed_gives_distinct_streams():
-    from hessian_lib.train import SEED_STREAMS, derive_seed
+    from hessian_lib.trainer import SEED_STREAMS, derive_seed
 
     seeds = {derive_seed(s, stream) for s in range(3) for stream in SEED_STREAMS}
     assert len(seeds) == 3 * len(SEED_STREAMS)
@@ -183,37 +144,8 @@ def test_linear_schedule_decays_to_zero():
     assert lr_factor(0, 100, "linear", warmup_steps=4) == pytest.approx(0.25)
 
 
-def test_store_key_changes_with_every_recipe_field():
-    from hessian_lib.experiments import train_config
-    from hessian_lib.store import config_key
-
-    profile = load_profile("smoke")
-    base = config_key(train_config(profile))
-    changed = {"model": "vgg16_bn", "optimizer": "adam", "schedule": "constant"}
-    for f in dataclasses.fields(TrainSizes):
-        value = getattr(profile.train, f.name)
-        if f.name in changed:
-            new = changed[f.name]
-        elif isinstance(value, bool):
-            new = not value
-        elif f.name == "dropout":
-            new = 0.25
-        elif f.name == "momentum":
-            new = 0.5
-        elif f.name == "label_smoothing":
-            new = 0.1
-        elif f.name == "low_res_size":
-            new = 16
-        elif isinstance(value, int):
-            new = value + 1
-        else:
-            new = value * 0.5 + 0.001
-        other = profile.with_overrides({f"train.{f.name}": new})
-        assert config_key(train_config(other)) != base, f.name
-
-
 def test_checkpoint_of_another_recipe_is_refused(subsets, tmp_path):
-    from hessian_lib.train import CheckpointMismatch
+    from hessian_lib.trainer import CheckpointMismatch
 
     train, _ = subsets
     cfg = dataclasses.replace(TINY, epochs=2, batch_size=100)
@@ -225,7 +157,7 @@ def test_checkpoint_of_another_recipe_is_refused(subsets, tmp_path):
 
 
 def test_max_steps_and_callbacks(subsets, tmp_path):
-    from hessian_lib.train import TrainCallback
+    from hessian_lib.trainer import TrainCallback
 
     train, _ = subsets
 
@@ -263,7 +195,7 @@ def test_max_steps_and_callbacks(subsets, tmp_path):
 
 
 def test_divergence_inside_one_epoch_is_recorded_by_run_epoch(subsets):
-    from hessian_lib.train import _Run, make_optimizer, run_epoch
+    from hessian_lib.trainer import _Run, make_optimizer, run_epoch
 
     train, _ = subsets
     cfg = dataclasses.replace(TINY, batch_size=50, lr=1e5, schedule="constant", divergence_loss=20.0, augment=False)
@@ -281,7 +213,7 @@ def test_cpu_recipe_learns_within_forty_steps(data_root):
     """The cpu profile's recipe, 40 steps (2 epochs of 2,560 images): the mean training loss of the second
     epoch falls below 4.45 (chance is ln 100 = 4.61; two seeds measured 4.29 and 4.31)."""
     from hessian_lib.experiments import model_from_profile
-    from hessian_lib.train import derive_seed
+    from hessian_lib.trainer import derive_seed
 
     train = load_cifar100("train", data_root)
     subset = train.subset(stratified_indices(train.labels, 2_560))

@@ -1,4 +1,4 @@
-"""Tests of hessian_lib.rmt: densities, outlier laws and samplers against simulation.
+"""Tests of hessian_lib.laws.rmt: densities, outlier laws and samplers against simulation.
 
 Simulations use P <= 1000 and a few seeded repeats. Finite-P effects that set
 the tolerances: a separated outlier fluctuates by O(P^{-1/2}) (O(B^{-1/2}) for
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from hessian_lib import rmt
 from hessian_lib.blas import limit_blas_threads
+from hessian_lib.laws import rmt
 
 
 @pytest.fixture(autouse=True, scope="module")

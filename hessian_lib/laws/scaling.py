@@ -27,7 +27,7 @@ import numpy as np
 import scipy.optimize
 from numpy.typing import ArrayLike
 
-from hessian_lib.rmt import mp_spiked_top, noise_scale, wigner_extremes
+from hessian_lib.laws.rmt import mp_spiked_top, noise_scale, wigner_extremes
 
 __all__ = [
     "FitError",

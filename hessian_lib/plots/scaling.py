@@ -1,7 +1,7 @@
 """Figures of the Scaling chapter: bisection trials, lr_max against B with fits and predictions, parity runs.
 
 Every function takes what :func:`hessian_lib.experiments.scaling.run_scaling` returns (or one of its
-parts) and draws with the house style of :mod:`hessian_lib.plots`.
+parts) and draws with the house style of :mod:`hessian_lib.plots.style`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from hessian_lib.experiments.scaling import OPTIMIZER_LABELS, PARITY_ARMS, Bracket, ScalingResult
-from hessian_lib.plots import COLORS
+from hessian_lib.plots.style import COLORS
 
 __all__ = ["trial_curves", "lr_max_panel", "lr_max_figure", "ratio_figure", "mechanism_figure", "parity_figure",
            "sweep_frame"]

@@ -3,7 +3,7 @@ separation, the measures of claim 8 side by side, the batch shift, and the explo
 
 Every function takes the :class:`~hessian_lib.experiments.mixture_analysis.MixtureStudy` of
 :func:`~hessian_lib.experiments.mixture_analysis.run_mixture` and draws with the house style of
-:mod:`hessian_lib.plots`.
+:mod:`hessian_lib.plots.style`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from hessian_lib import verdicts as V
 from hessian_lib.experiments.mixture import SIDES, shift_record
 from hessian_lib.experiments.mixture_analysis import MixtureStudy
-from hessian_lib.plots import COLORS, broadened_density, shift_panel
+from hessian_lib.plots.style import COLORS, broadened_density, shift_panel
 
 __all__ = ["SIDE_COLORS", "SIDE_LABELS", "explorer_frame", "gap_figure", "measures_figure", "separation_figure",
            "shift_figure", "spectra_figure"]

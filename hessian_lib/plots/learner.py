@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lib.plots import COLORS
+from hessian_lib.plots.style import COLORS
 
 __all__ = ["accuracy_figure", "loss_curves_figure", "method_colors", "quadratic_figure", "run_frame",
            "smooth", "test_curves_figure", "trajectories_figure"]

@@ -1,5 +1,5 @@
-"""Scaling experiments: bisection against known thresholds, bracket fits and their intervals, the gradient
-noise scale against closed forms, resumable sweeps, and the claim 4 / 5 rules at their boundaries."""
+"""Scaling experiments: bisection against known thresholds, the gradient noise scale against closed forms,
+resumable sweeps, and the claim 4 / 5 rules at their boundaries."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_lib import scaling as laws
 from hessian_lib.curvature.noise import gradient_noise_scale, per_sample_gradients
-from hessian_lib.experiments import scaling as S
+from hessian_lib.experiments import scaling
+from hessian_lib.laws.scaling import Interval
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore
 from hessian_lib.verdicts import (CLAIM4_ALTERNATIVE, CLAIM4_SLOPE, CLAIM5_ALTERNATIVE, CLAIM5_NULL, CLAIM5_SLOPE,
@@ -67,29 +67,29 @@ def test_bisection_finds_the_stability_limit_of_a_quadratic(momentum, offset):
     threshold = start * RATIO ** (5 + offset)  # the limit sits at a known place inside a lattice cell
     lambda_max = 2 * (1 + momentum) / threshold
     eig = _spectrum(lambda_max)
-    lattice = S.LrLattice(start=start, ratio=RATIO, rung=RUNG)
-    found = S.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j), momentum=momentum), start=0, rung=RUNG)
+    lattice = scaling.LrLattice(start=start, ratio=RATIO, rung=RUNG)
+    found = scaling.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j), momentum=momentum), start=0, rung=RUNG)
     assert found.upper == found.lower + 1
     assert lattice.lr(found.lower) < threshold < lattice.lr(found.upper)
     assert len(found.tried) == len({j for j, _ in found.tried})  # no trial twice
 
 
 def test_bisection_ladders_down_and_reports_a_missing_end():
-    lattice = S.LrLattice(start=1.0, ratio=RATIO, rung=RUNG)
+    lattice = scaling.LrLattice(start=1.0, ratio=RATIO, rung=RUNG)
     eig = _spectrum(2 / 0.02)  # threshold 0.02, far below the start
-    found = S.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j)), start=0, rung=RUNG, max_ladder_steps=8)
+    found = scaling.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j)), start=0, rung=RUNG, max_ladder_steps=8)
     assert lattice.lr(found.lower) < 0.02 < lattice.lr(found.upper)
-    never = S.bisect_max_lr(lambda j: False, start=0, rung=RUNG, max_ladder_steps=3)
+    never = scaling.bisect_max_lr(lambda j: False, start=0, rung=RUNG, max_ladder_steps=3)
     assert never.upper is None and never.lower == 3 * RUNG and len(never.tried) == 4
     with pytest.raises(ValueError, match="power of two"):
-        S.bisect_max_lr(lambda j: False, rung=6)
+        scaling.bisect_max_lr(lambda j: False, rung=6)
 
 
 def test_sweep_over_batch_sizes_brackets_each_threshold():
     """A synthetic lr_max(B) = 2 / (lambda_1 + k/B): every bracket holds it, whatever the warm start."""
-    lattice = S.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
+    lattice = scaling.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
     truth = {b: 2 / (5.0 + 400.0 / b) for b in (8, 16, 32, 64, 128, 256)}
-    brackets = S.lr_sweep(lambda b, j: {"diverged": lattice.lr(j) > truth[b]}, list(truth), lattice)
+    brackets = scaling.lr_sweep(lambda b, j: {"diverged": lattice.lr(j) > truth[b]}, list(truth), lattice)
     for br in brackets:
         assert br.bracketed and br.lower < truth[br.batch_size] < br.upper
         assert br.upper / br.lower == pytest.approx(RATIO)
@@ -101,7 +101,7 @@ class _Interrupted(RuntimeError):
 
 
 def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path):
-    lattice = S.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
+    lattice = scaling.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
     eigen = {b: _spectrum(5.0 + 400.0 / b, seed=b) for b in (8, 32, 128)}
     calls = []
 
@@ -115,87 +115,17 @@ def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path):
             return store.cached({"b": b, "j": j}, compute)
         return run
 
-    whole = S.lr_sweep(make_trial(ResultsStore(tmp_path / "a")), list(eigen), lattice)
+    whole = scaling.lr_sweep(make_trial(ResultsStore(tmp_path / "a")), list(eigen), lattice)
     n_whole = len(calls)
     calls.clear()
     store = ResultsStore(tmp_path / "b")
     with pytest.raises(_Interrupted):
-        S.lr_sweep(make_trial(store, fail_after=n_whole // 2), list(eigen), lattice)
+        scaling.lr_sweep(make_trial(store, fail_after=n_whole // 2), list(eigen), lattice)
     assert len(calls) == n_whole // 2
-    resumed = S.lr_sweep(make_trial(store), list(eigen), lattice)
+    resumed = scaling.lr_sweep(make_trial(store), list(eigen), lattice)
     assert len(calls) == n_whole  # the finished trials were loaded, not run again
     assert [(b.batch_size, b.lower, b.upper) for b in resumed] == [(b.batch_size, b.lower, b.upper) for b in whole]
     assert [[t["index"] for t in b.trials] for b in resumed] == [[t["index"] for t in b.trials] for b in whole]
-
-
-# ----------------------------------------------------------------------------- fits to brackets
-
-
-def _brackets_around(truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Final brackets of factor RATIO with the true value uniformly (in log) inside each."""
-    lower = truth * RATIO ** (-rng.random(truth.shape))
-    return lower, lower * RATIO
-
-
-def test_slope_interval_covers_the_true_slope():
-    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
-    covered, widths = 0, []
-    for seed in range(100):
-        rng = np.random.default_rng(seed)
-        slope = rng.uniform(0.3, 1.2)
-        lower, upper = _brackets_around(0.01 * b**slope, rng)
-        interval = laws.bootstrap_slope(b[:3], lower[:3], upper[:3], n_boot=2000, seed=seed)
-        covered += interval.contains(slope)
-        widths.append(interval.high - interval.low)
-    assert covered >= 90
-    assert np.median(widths) < 0.35  # narrow enough to tell a slope of 1 from one of 0.5
-
-
-def test_slope_interval_over_seeds_covers_the_true_slope():
-    """With several sweeps, the seeds are resampled too, so per-sweep noise beyond the bracket is covered."""
-    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
-    covered = 0
-    for seed in range(100):
-        rng = np.random.default_rng(1000 + seed)
-        truth = 0.01 * b**0.5 * np.exp(0.15 * rng.standard_normal((10, b.size)))
-        lower, upper = _brackets_around(truth, rng)
-        covered += laws.bootstrap_slope(b, lower, upper, n_boot=2000, seed=seed).contains(0.5)
-    assert covered >= 90
-
-
-def test_saturating_fit_recovers_the_critical_batch_size():
-    b = np.array([8, 16, 32, 64, 128, 256, 512], dtype=float)
-    lower, upper = _brackets_around(0.4 / (1 + 60.0 / b), np.random.default_rng(3))
-    fit = laws.fit_saturating_brackets(b, lower, upper, n_boot=1000)
-    assert fit["critical_batch"].contains(60.0) and fit["lr_inf"].contains(0.4)
-    assert fit["passes"].all() and not fit["b_star_at_bound"]
-    assert fit["critical_batch"].high / fit["critical_batch"].low < 3
-    low, high = fit["consistent_critical_batch"]
-    assert low <= 60.0 <= high
-    assert np.all((lower <= fit["through"] * (1 + 1e-9)) & (fit["through"] <= upper * (1 + 1e-9)))
-
-
-def test_saturating_fit_flags_data_without_saturation():
-    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
-    lower, upper = _brackets_around(1e-3 * b, np.random.default_rng(4))
-    fit = laws.fit_saturating_brackets(b, lower, upper, n_boot=500)
-    assert fit["b_star_at_bound"] and fit["passes"].all()
-    bent = laws.fit_saturating_brackets(b, lower * [1, 1, 1, 1, 1, 3], upper * [1, 1, 1, 1, 1, 3], n_boot=200)
-    assert not bent["passes"].all() and math.isnan(bent["consistent_critical_batch"][0])
-
-
-def test_square_root_law_fit():
-    b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
-    lower, upper = _brackets_around(3e-4 * np.sqrt(b), np.random.default_rng(5))
-    fit = laws.fit_power_brackets(b, lower, upper, 0.5, n_boot=1000)
-    assert fit["coefficient"].contains(3e-4) and fit["passes"].all()
-    assert not laws.fit_power_brackets(b, lower, upper, 1.0, n_boot=100)["passes"].all()
-
-
-@pytest.mark.parametrize("bad", [dict(lower=[1, 2, np.nan], upper=[2, 3, 4]), dict(lower=[1, 2, 3], upper=[2, 3, 3])])
-def test_bracket_fits_refuse_bad_brackets(bad):
-    with pytest.raises(ValueError, match="bracket"):
-        laws.bootstrap_slope([1, 2, 4], **bad)
 
 
 # ----------------------------------------------------------------------------- the gradient noise scale
@@ -280,8 +210,8 @@ def test_divergence_trial_records_the_loss_curve_and_the_divergence():
     data = _Images(64)
 
     def trial(lr):
-        r = S.trial_recipe(recipe, sizes, "sgd", batch_size=8, lr=lr, steps=6, n_train=64)
-        return S.divergence_trial(_small_net(), data, r, steps=6, seed=0, threshold=1.5 * math.log(10), window=2)
+        r = scaling.trial_recipe(recipe, sizes, "sgd", batch_size=8, lr=lr, steps=6, n_train=64)
+        return scaling.divergence_trial(_small_net(), data, r, steps=6, seed=0, threshold=1.5 * math.log(10), window=2)
 
     calm = trial(1e-4)
     assert not calm["diverged"] and calm["steps"] == 6 and calm["losses"].shape == (6,) and calm["diverged_step"] == -1
@@ -298,7 +228,7 @@ class _ScriptedFit:
         self.losses = losses
 
     def __call__(self, model, train, recipe, *, on_step, max_steps, **kwargs):
-        from hessian_lib.train import FitResult, StepInfo
+        from hessian_lib.trainer import FitResult, StepInfo
 
         for step, loss in enumerate(self.losses[:max_steps]):
             if not math.isfinite(loss) or loss > recipe.divergence_loss:
@@ -316,22 +246,22 @@ class _ScriptedFit:
     ([1, float("nan"), 1, 1, 1, 1], 0, 1, None),       # non-finite
 ])
 def test_divergence_is_a_windowed_mean_above_the_threshold(monkeypatch, losses, frozen, expected_step, expected_loss):
-    monkeypatch.setattr(S, "fit", _ScriptedFit(losses))
-    record = S.divergence_trial(nn.Linear(1, 1), None, TrainSizes(lr=0.1), steps=len(losses) - frozen, seed=0,
-                                threshold=2.0, window=3, frozen_steps=frozen)
+    monkeypatch.setattr(scaling, "fit", _ScriptedFit(losses))
+    record = scaling.divergence_trial(nn.Linear(1, 1), None, TrainSizes(lr=0.1), steps=len(losses) - frozen, seed=0,
+                                      threshold=2.0, window=3, frozen_steps=frozen)
     assert record["diverged"] == (expected_step >= 0) and record["diverged_step"] == expected_step
     if expected_loss is not None:
         assert record["diverged_loss"] == pytest.approx(expected_loss)
     with pytest.raises(ValueError, match="window"):
-        S.divergence_trial(nn.Linear(1, 1), None, TrainSizes(), steps=2, seed=0, threshold=2.0, window=3)
+        scaling.divergence_trial(nn.Linear(1, 1), None, TrainSizes(), steps=2, seed=0, threshold=2.0, window=3)
 
 
 def test_frozen_steps_fill_adam_without_moving_the_weights():
     sizes = load_profile("smoke").scaling
-    recipe = S.trial_recipe(TrainSizes(model="fastcnn", augment=True, channels_last=False), sizes, "adam",
-                            batch_size=8, lr=10.0, steps=5, n_train=64)
+    recipe = scaling.trial_recipe(TrainSizes(model="fastcnn", augment=True, channels_last=False), sizes, "adam",
+                                  batch_size=8, lr=10.0, steps=5, n_train=64)
     assert (recipe.optimizer, recipe.schedule, recipe.epochs, recipe.augment) == ("adam", "constant", 1, False)
-    frozen = S.divergence_trial(_small_net(), _Images(64), recipe, steps=1, frozen_steps=4, seed=0, threshold=1e9)
+    frozen = scaling.divergence_trial(_small_net(), _Images(64), recipe, steps=1, frozen_steps=4, seed=0, threshold=1e9)
     assert frozen["frozen_steps"] == 4 and frozen["steps"] == 1
     assert np.ptp(frozen["losses"][:4]) < 1.0  # the weights did not move during the frozen steps
 
@@ -339,13 +269,13 @@ def test_frozen_steps_fill_adam_without_moving_the_weights():
 def test_trial_recipe_sets_the_optimizers():
     sizes = load_profile("cpu").scaling
     base = TrainSizes(nesterov=True, momentum=0.5, schedule="linear", warmup_epochs=1.0)
-    r = S.trial_recipe(base, sizes, "momentum", batch_size=32, lr=0.1, steps=100, n_train=1000)
+    r = scaling.trial_recipe(base, sizes, "momentum", batch_size=32, lr=0.1, steps=100, n_train=1000)
     assert (r.optimizer, r.momentum, r.nesterov, r.schedule, r.warmup_epochs) == ("sgd", sizes.momentum, False,
                                                                                      "constant", 0.0)
     assert r.epochs == 4
-    assert S.trial_recipe(base, sizes, "sgd", batch_size=32, lr=0.1, steps=5, n_train=1000).momentum == 0.0
+    assert scaling.trial_recipe(base, sizes, "sgd", batch_size=32, lr=0.1, steps=5, n_train=1000).momentum == 0.0
     with pytest.raises(ValueError, match="larger than"):
-        S.trial_recipe(base, sizes, "sgd", batch_size=2000, lr=0.1, steps=5, n_train=1000)
+        scaling.trial_recipe(base, sizes, "sgd", batch_size=2000, lr=0.1, steps=5, n_train=1000)
 
 
 # ----------------------------------------------------------------------------- the profile section
@@ -399,7 +329,7 @@ B_STAR = (8.0, 100.0)        # inside the grid
 ])
 def test_claim4_rule(small, b_star, passes, parity, expected):
     assert claim4_verdict(small, b_star, GRID, passes, parity) == expected
-    assert claim4_verdict(laws.Interval(0.0, *small), laws.Interval(0.0, *b_star), GRID, passes, parity) == expected
+    assert claim4_verdict(Interval(0.0, *small), Interval(0.0, *b_star), GRID, passes, parity) == expected
 
 
 def test_claim4_conditions_name_what_failed():
@@ -437,7 +367,7 @@ def test_claim5_rule(grid, parity, expected):
 ])
 def test_claim7_rule(interval, expected):
     assert claim7_verdict(interval) == expected
-    assert claim7_verdict(laws.Interval(0.0, *interval)) == expected
+    assert claim7_verdict(Interval(0.0, *interval)) == expected
 
 
 @pytest.mark.parametrize("base, scaled, control, expected", [
@@ -457,11 +387,11 @@ def test_parity_rule(base, scaled, control, expected):
 @pytest.mark.slow
 def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypatch):
     store = tmp_path / "results"
-    first = S.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
+    first = scaling.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
     profile = first.profile
     sizes, k = profile.scaling, profile.networks.count
     assert first.networks == k >= 2
-    for optimizer in S.OPTIMIZERS:
+    for optimizer in scaling.OPTIMIZERS:
         assert len(first.sweeps[optimizer]) == k * sizes.seeds
         assert first.sweep_networks[optimizer] == [n for n in range(k) for _ in range(sizes.seeds)]
         for sweep in first.sweeps[optimizer]:
@@ -489,11 +419,11 @@ def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypat
     def refuse(*args, **kwargs):
         raise AssertionError("a stored result was computed again")
 
-    monkeypatch.setattr(S, "divergence_trial", refuse)
-    monkeypatch.setattr(S, "fit", refuse)
-    monkeypatch.setattr(S, "curvature_prediction", refuse)
-    again = S.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
-    for optimizer in S.OPTIMIZERS:
+    monkeypatch.setattr(scaling, "divergence_trial", refuse)
+    monkeypatch.setattr(scaling, "fit", refuse)
+    monkeypatch.setattr(scaling, "curvature_prediction", refuse)
+    again = scaling.run_scaling("smoke", data_root=data_root, store=store, device="cpu")
+    for optimizer in scaling.OPTIMIZERS:
         assert again.brackets(optimizer).equals(first.brackets(optimizer))
     assert again.parity.equals(first.parity) and again.noise == first.noise
     assert again.judge(n_boot=200).words == judged.words          # the same data give the same words
@@ -502,23 +432,23 @@ def test_run_scaling_smoke_resumes_from_the_store(tmp_path, data_root, monkeypat
 def _result(parity_rows, sweeps=None, networks=None, prediction=None):
     import pandas as pd
 
-    return S.ScalingResult(profile=load_profile("smoke"), sweeps=sweeps or {}, sweep_networks=networks or {},
-                           prediction=prediction if prediction is not None else pd.DataFrame(), noise={},
-                           parity=pd.DataFrame(parity_rows), base_lrs={}, long_sweeps=[], long_horizon=4,
-                           start_epoch=1, starting_losses=[1.0], thresholds=[1.2], dim=1, network_seeds=(0,))
+    return scaling.ScalingResult(profile=load_profile("smoke"), sweeps=sweeps or {}, sweep_networks=networks or {},
+                                 prediction=prediction if prediction is not None else pd.DataFrame(), noise={},
+                                 parity=pd.DataFrame(parity_rows), base_lrs={}, long_sweeps=[], long_horizon=4,
+                                 start_epoch=1, starting_losses=[1.0], thresholds=[1.2], dim=1, network_seeds=(0,))
 
 
 def test_parity_accuracies_and_claim_evidence_feed_the_rules():
     rows = [{"arm": arm, "optimizer": opt, "multiple": m, "seed": s, "network": s, "test_acc": 40.0 + m / 4 + s,
-             "diverged": False} for arm, opt, multiples, _ in S.PARITY_ARMS for m in multiples for s in (0, 1)]
+             "diverged": False} for arm, opt, multiples, _ in scaling.PARITY_ARMS for m in multiples for s in (0, 1)]
     result = _result(rows)
     base, scaled, control = result.parity_accuracies("SGD, linear scaling", "SGD, unscaled (control)")
     assert (base, scaled, control) == (40.75, [41.5, 44.5], 44.5)
     assert not parity_holds(base, scaled, control)
     assert result.parity_accuracies("SGD, linear scaling", "SGD, unscaled (control)", network=1) == \
         (41.25, [42.0, 45.0], 45.0)
-    fit = {"slope_small": laws.Interval(1.0, 0.8, 1.2), "slope": laws.Interval(0.5, 0.4, 0.6), "unbracketed": [],
-           "saturating": {"passes": np.array([True, True, True]), "critical_batch": laws.Interval(10, 5, 12)}}
+    fit = {"slope_small": Interval(1.0, 0.8, 1.2), "slope": Interval(0.5, 0.4, 0.6), "unbracketed": [],
+           "saturating": {"passes": np.array([True, True, True]), "critical_batch": Interval(10, 5, 12)}}
     assert claim4_verdict(**result.claim4_evidence(fit, True)) == HOLDS
     assert claim4_verdict(**result.claim4_evidence(fit, False)) == PARTLY
     assert claim4_verdict(**result.claim4_evidence({**fit, "unbracketed": [256]}, True)) == PARTLY
@@ -534,13 +464,13 @@ def test_judge_pools_networks_and_judges_each():
     b = [4, 8, 16]
     lam = {n: {bb: (10 + 80 / bb) * (1 + 0.1 * n) for bb in b} for n in range(3)}
     sweeps, nets, pred = {}, {}, []
-    for opt in S.OPTIMIZERS:
+    for opt in scaling.OPTIMIZERS:
         sweeps[opt], nets[opt] = [], []
         for n in range(3):
             sweep = []
             for bb in b:
                 mid = 2.5 * 2 / lam[n][bb]
-                sweep.append(S.Bracket(bb, mid / RATIO ** 0.5, mid * RATIO ** 0.5))
+                sweep.append(scaling.Bracket(bb, mid / RATIO ** 0.5, mid * RATIO ** 0.5))
             sweeps[opt].append(sweep)
             nets[opt].append(n)
     for n in range(3):
@@ -548,7 +478,7 @@ def test_judge_pools_networks_and_judges_each():
             for d in range(2):
                 pred.append({"network": n, "batch_size": bb, "draw": d, "lambda_max": lam[n][bb] * (1 + 0.01 * d)})
     rows = [{"arm": arm, "optimizer": opt, "multiple": m, "seed": s, "network": s, "test_acc": 40.0,
-             "diverged": False} for arm, opt, multiples, _ in S.PARITY_ARMS for m in multiples for s in range(3)]
+             "diverged": False} for arm, opt, multiples, _ in scaling.PARITY_ARMS for m in multiples for s in range(3)]
     result = _result(rows, sweeps, nets, pd.DataFrame(pred))
     result.network_seeds = (0, 1, 2)
     interval, level = result.mechanism("sgd", n_boot=500)

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from hessian_lib.data import load_cifar100, stratified_indices
 from hessian_lib.models import build_model
 from hessian_lib.profiles import TrainSizes
-from hessian_lib.train import fit
+from hessian_lib.trainer import fit
 
 # No dropout and no BatchNorm: nothing that depends on how the batch is split.
 CFG = TrainSizes(model="vgg16", width=0.0625, epochs=2, batch_size=40, lr=0.02, checkpoint_every=1)
