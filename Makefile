@@ -60,8 +60,10 @@ setup: $(STAMP) book-deps
 book: setup
 	$(DATA_ENV) HESSIAN_LIB_DOWNLOAD=$(DOWNLOAD) $(PY) -m hessian_lib book --profile $(PROFILE) $(BOOK_ARGS)
 
+# The linter (ruff, configured in pyproject.toml), then the tests and the examples in the library's docstrings.
 test: setup test-deps
-	$(DATA_ENV) HESSIAN_LIB_DOWNLOAD=0 $(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check .
+	$(DATA_ENV) HESSIAN_LIB_DOWNLOAD=0 $(PY) -m pytest $(PYTEST_ARGS) tests --doctest-modules hessian_lib
 
 clean:
 	rm -rf _build .vendor

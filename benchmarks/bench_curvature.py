@@ -287,8 +287,11 @@ def main() -> None:
     crit = nn.CrossEntropyLoss()
     started = datetime.datetime.now()
     t_start = time.perf_counter()
-    head = (f"model P={P:,}; {args.images} images in {len(batches)} batches of {B}; SLQ on {n_slq}; "
-            f"threads={args.threads}; cap {args.cap:.0f} s; torch {torch.__version__}; {platform.processor() or platform.machine()}")
+    head = (
+        f"model P={P:,}; {args.images} images in {len(batches)} batches of {B}; SLQ on {n_slq}; "
+        f"threads={args.threads}; cap {args.cap:.0f} s; torch {torch.__version__}; "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(head)
     print(f"start {started:%Y-%m-%d %H:%M}, {load()}")
     loads = [os.getloadavg()[0]]
@@ -319,34 +322,51 @@ def main() -> None:
     print(f"one-time import of torch._dynamo (the tracer's, once per process): {t_import:.1f} s")
     v = torch.randn(P, generator=torch.Generator().manual_seed(0))
     v_list = [c.view_as(p) for c, p in zip(v.split([p.numel() for p in params]), params)]
-    hv_ref: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- product paths, side by side
     if "paths" in phases:
         print(f"\n== product paths, each forced ({load()})")
         g = grad_ref()
-        c = time.process_time(); grad_once(batches); g_cpu = time.process_time() - c
+        c = time.process_time()
+        grad_once(batches)
+        g_cpu = time.process_time() - c
         for cls in (HessianOperator, GGNOperator):
             for path, cl in (("linearize", False), ("linearize", True), ("graph", None)):
                 name = path + (", channels-last" if cl else "")
                 forget_linearizations()
                 op = cls(model, crit, batches, path=path, channels_last=cl)
-                t = time.perf_counter(); op.matvec(v); first = time.perf_counter() - t
+                t = time.perf_counter()
+                op.matvec(v)
+                first = time.perf_counter() - t
                 amort, amort_cpu = [], []
                 for _ in range(3):
                     t, c = time.perf_counter(), time.process_time()
                     op.matvec(v)
-                    amort.append(time.perf_counter() - t); amort_cpu.append(time.process_time() - c)
+                    amort.append(time.perf_counter() - t)
+                    amort_cpu.append(time.process_time() - c)
                 cold_op = cls(model, crit, batches, path=path, channels_last=cl, cache_bytes=0)  # trace now in memory
-                t, c = time.perf_counter(), time.process_time(); cold_op.matvec(v)
+                t, c = time.perf_counter(), time.process_time()
+                cold_op.matvec(v)
                 cold, cold_cpu = time.perf_counter() - t, time.process_time() - c
                 a = min(amort)
-                print(f"{cls.kind:7s} {name:24s}: first product {first:.2f} s (state built{', traced' if path == 'linearize' else ''}), "
-                      f"amortised {a:.3f} s = {a / g:.2f}x grad (CPU time {min(amort_cpu) / g_cpu:.2f}x), "
-                      f"cold {cold:.3f} s = {cold / g:.2f}x (CPU {cold_cpu / g_cpu:.2f}x), cache {op.cache_nbytes / 2**20:.0f} MiB")
-                rows.append((f"{cls.kind} product, path={name}: amortised / cold (trace in memory)",
-                             f"{a / g:.2f}x / {cold / g:.2f}x grad (CPU time {min(amort_cpu) / g_cpu:.2f}x / {cold_cpu / g_cpu:.2f}x)",
-                             "", "", "", f"cache {op.cache_nbytes / 2**20:.0f} MiB"))
+                print(
+                    f"{cls.kind:7s} {name:24s}: first product {first:.2f} s (state "
+                    f"built{', traced' if path == 'linearize' else ''}), "
+                    f"amortised {a:.3f} s = {a / g:.2f}x grad (CPU time {min(amort_cpu) / g_cpu:.2f}x), "
+                    f"cold {cold:.3f} s = {cold / g:.2f}x (CPU {cold_cpu / g_cpu:.2f}x), cache "
+                    f"{op.cache_nbytes / 2**20:.0f} MiB"
+                )
+                rows.append(
+                    (
+                        f"{cls.kind} product, path={name}: amortised / cold (trace in memory)",
+                        f"{a / g:.2f}x / {cold / g:.2f}x grad (CPU time {min(amort_cpu) / g_cpu:.2f}x / "
+                        f"{cold_cpu / g_cpu:.2f}x)",
+                        "",
+                        "",
+                        "",
+                        f"cache {op.cache_nbytes / 2**20:.0f} MiB",
+                    )
+                )
         g = grad_ref()
 
     # ---------------------------------------------------------------- profile of one batch
@@ -357,22 +377,32 @@ def main() -> None:
         xb, yb = batches[0]
         op = HessianOperator(model, crit, (xb, yb), path="linearize")
         opg = HessianOperator(model, crit, (xb, yb), path="graph")
-        op.matvec(v); opg.matvec(v)
+        op.matvec(v)
+        opg.matvec(v)
 
         def grad1() -> None:
             model.zero_grad()
             F.cross_entropy(model(xb), yb).backward()
 
         tables = {}
-        for name, f in [("gradient", grad1), ("linearize product", lambda: op.matvec(v)), ("graph product", lambda: opg.matvec(v))]:
+        for name, f in [
+            ("gradient", grad1),
+            ("linearize product", lambda: op.matvec(v)),
+            ("graph product", lambda: opg.matvec(v)),
+        ]:
             f()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 f()
             tables[name] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
-        keys = sorted({k for t in tables.values() for k in t}, key=lambda k: -max(t.get(k, (0, 0))[0] for t in tables.values()))
+        keys = sorted(
+            {k for t in tables.values() for k in t}, key=lambda k: -max(t.get(k, (0, 0))[0] for t in tables.values())
+        )
         print(f"{'op':42s}" + "".join(f"{n:>22s}" for n in tables))
         for k in keys[:12]:
-            print(f"{k[:42]:42s}" + "".join(f"{tables[n].get(k, (0, 0))[0]:14.0f} ms x{tables[n].get(k, (0, 0))[1]:<4d}" for n in tables))
+            print(
+                f"{k[:42]:42s}"
+                + "".join(f"{tables[n].get(k, (0, 0))[0]:14.0f} ms x{tables[n].get(k, (0, 0))[1]:<4d}" for n in tables)
+            )
         print(f"{'total':42s}" + "".join(f"{sum(a for a, _ in t.values()):14.0f} ms      " for t in tables.values()))
         model.zero_grad(set_to_none=True)
 
@@ -382,13 +412,16 @@ def main() -> None:
         g = grad_ref()
         forget_linearizations()
         op = HessianOperator(model, crit, batches, cache_bytes=0)
-        t = time.perf_counter(); hv = op.matvec(v); first = time.perf_counter() - t
-        hv_ref = hv
-        t = time.perf_counter(); HessianOperator(model, crit, batches, cache_bytes=0, path="linearize").matvec(v)
+        t = time.perf_counter()
+        hv = op.matvec(v)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        HessianOperator(model, crit, batches, cache_bytes=0, path="linearize").matvec(v)
         traced = time.perf_counter() - t
         lin_cold = []
         for _ in range(2):
-            t = time.perf_counter(); HessianOperator(model, crit, batches, cache_bytes=0, path="linearize").matvec(v)
+            t = time.perf_counter()
+            HessianOperator(model, crit, batches, cache_bytes=0, path="linearize").matvec(v)
             lin_cold.append(time.perf_counter() - t)
         t_lin = min(lin_cold)
         g = (g + grad_ref()) / 2
@@ -397,14 +430,21 @@ def main() -> None:
             warm.matvec(v)
         chosen = []
         for _ in range(2):
-            t = time.perf_counter(); HessianOperator(model, crit, batches, cache_bytes=0).matvec(v)
+            t = time.perf_counter()
+            HessianOperator(model, crit, batches, cache_bytes=0).matvec(v)
             chosen.append(time.perf_counter() - t)
         t_auto = min(chosen)
         g = (g + grad_ref()) / 2
         print(f"ours, first operator of the process (auto: graph): {first:.3f} s ({first / g:.2f}x grad)")
-        print(f"ours, linearize incl. its trace: {traced:.3f} s; with the trace in memory: {t_lin:.3f} s ({t_lin / g:.2f}x grad)")
-        print(f"ours, auto once the process has chosen ({warm.path_in_use}{', channels-last' if warm._chooser.cl else ''}): "
-              f"{t_auto:.3f} s ({t_auto / g:.2f}x grad); {warm._chooser.why}")
+        print(
+            f"ours, linearize incl. its trace: {traced:.3f} s; with the trace in memory: {t_lin:.3f} s "
+            f"({t_lin / g:.2f}x grad)"
+        )
+        print(
+            "ours, auto once the process has chosen "
+            f"({warm.path_in_use}{', channels-last' if warm._chooser.cl else ''}): "
+            f"{t_auto:.3f} s ({t_auto / g:.2f}x grad); {warm._chooser.why}"
+        )
         res = {}
         for name in sorted(anchors):
             def one(cap: Cap, name: str = name) -> torch.Tensor:
@@ -413,17 +453,60 @@ def main() -> None:
                     return torch.cat([h.reshape(-1) for h in out])
                 if name == "eigenthings":
                     return capped_eigenthings(model, batches, cap).matvec(v)
-                return torch.as_tensor(capped_curvlinops(model, crit, batches, cap).matvec(v.double().numpy()), dtype=torch.float32)
+                return torch.as_tensor(
+                    capped_curvlinops(model, crit, batches, cap).matvec(v.double().numpy()), dtype=torch.float32
+                )
+
             runs = [run_capped(one, args.cap) for _ in range(2)]
             res[name] = min(runs, key=lambda r: r["seconds"])
             r = res[name]
             agree = float((r["result"] - hv).norm() / hv.norm()) if r["done"] else float("nan")
-            print(f"{name}: {fmt_time(r, args.cap)} ({r['seconds'] / g:.2f}x grad), rel diff to ours {agree:.1e}, peak +{r['mib']:.0f} MiB")
-        cells = [f"{res[n]['seconds']:.2f} s ({res[n]['seconds'] / g:.2f}x)" if n in res else "" for n in ("pyhessian", "eigenthings", "curvlinops")]
-        rows.append(("cold Hessian product / gradient (auto, once chosen)", f"{t_auto:.2f} s ({t_auto / g:.2f}x)", *cells, "target <= 2.3x"))
-        rows.append(("cold Hessian product, path=linearize (trace in memory)", f"{t_lin:.2f} s ({t_lin / g:.2f}x)", "", "", "", ""))
-        rows.append(("cold Hessian product, first operator of a process (graph)", f"{first:.2f} s ({first / g:.2f}x)", "", "", "", ""))
-        rows.append(("trace of the linearised product (once per model and batch shape)", f"{traced - t_lin:.1f} s", "", "", "", ""))
+            print(
+                f"{name}: {fmt_time(r, args.cap)} ({r['seconds'] / g:.2f}x grad), rel diff to ours {agree:.1e}, peak "
+                f"+{r['mib']:.0f} MiB"
+            )
+        cells = [
+            f"{res[n]['seconds']:.2f} s ({res[n]['seconds'] / g:.2f}x)" if n in res else ""
+            for n in ("pyhessian", "eigenthings", "curvlinops")
+        ]
+        rows.append(
+            (
+                "cold Hessian product / gradient (auto, once chosen)",
+                f"{t_auto:.2f} s ({t_auto / g:.2f}x)",
+                *cells,
+                "target <= 2.3x",
+            )
+        )
+        rows.append(
+            (
+                "cold Hessian product, path=linearize (trace in memory)",
+                f"{t_lin:.2f} s ({t_lin / g:.2f}x)",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "cold Hessian product, first operator of a process (graph)",
+                f"{first:.2f} s ({first / g:.2f}x)",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "trace of the linearised product (once per model and batch shape)",
+                f"{traced - t_lin:.1f} s",
+                "",
+                "",
+                "",
+                "",
+            )
+        )
 
     # ---------------------------------------------------------------- amortised products inside Lanczos
     if "lanczos" in phases:
@@ -434,31 +517,56 @@ def main() -> None:
             op = cls(model, crit, batches)
             timed = Timed(op)
             with PeakRSS() as mem:
-                t = time.perf_counter(); lanczos(timed, 20, seed=0); t_l = time.perf_counter() - t
+                t = time.perf_counter()
+                lanczos(timed, 20, seed=0)
+                t_l = time.perf_counter() - t
             per = timed.seconds / timed.calls
             g = (g + grad_ref()) / 2
             outside = 1 - timed.seconds / t_l
             pt = op.path_timings
-            print(f"{t_l:.1f} s, {per:.3f} s per product ({per / g:.2f}x grad) including the trace and the trial (Lanczos "
-                  f"announces its 20 products, so the trial is the first product); outside products {100 * outside:.1f}%; cache {op.cache_nbytes / 2**20:.0f} MiB; "
-                  f"peak +{mem.mib:.0f} MiB")
+            print(
+                f"{t_l:.1f} s, {per:.3f} s per product ({per / g:.2f}x grad) including the trace and the trial "
+                "(Lanczos "
+                "announces its 20 products, so the trial is the first product); outside products "
+                f"{100 * outside:.1f}%; cache {op.cache_nbytes / 2**20:.0f} MiB; "
+                f"peak +{mem.mib:.0f} MiB"
+            )
             print(f"  {op!r}")
             print(f"  trial on the first batch: {pt}")
             op2 = cls(model, crit, batches)  # a second operator: the path chosen is remembered
             timed2 = Timed(op2)
-            t = time.perf_counter(); lanczos(timed2, 20, seed=1); t_l2 = time.perf_counter() - t
+            t = time.perf_counter()
+            lanczos(timed2, 20, seed=1)
+            t_l2 = time.perf_counter() - t
             per2 = timed2.seconds / timed2.calls
             g = (g + grad_ref()) / 2
-            print(f"  second operator on this model and batch shape: {t_l2:.1f} s, {per2:.3f} s per product ({per2 / g:.2f}x grad); "
-                  f"{op2._chooser.why}")
+            print(
+                f"  second operator on this model and batch shape: {t_l2:.1f} s, {per2:.3f} s per product "
+                f"({per2 / g:.2f}x grad); "
+                f"{op2._chooser.why}"
+            )
             target = "target <= 1.3x" if cls is HessianOperator else "target <= 1.3x (GGN)"
-            rows.append((f"amortised {cls.kind} product in Lanczos (20 steps) / gradient, operator on a model and batch "
-                         f"shape seen before", f"{per2:.2f} s ({per2 / g:.2f}x)", "", "", "", target))
-            rows.append((f"the same, first operator of the process (trace and trial included)",
+            rows.append(
+                (
+                    f"amortised {cls.kind} product in Lanczos (20 steps) / gradient, operator on a model and batch "
+                    f"shape seen before",
+                    f"{per2:.2f} s ({per2 / g:.2f}x)",
+                    "",
+                    "",
+                    "",
+                    target,
+                )
+            )
+            rows.append(("the same, first operator of the process (trace and trial included)",
                          f"{per:.2f} s ({per / g:.2f}x)", "", "", "", ""))
-            rows.append((f"time outside products ({cls.kind} Lanczos 20)", f"{100 * outside:.1f}%", "", "", "", "target <= 5%"))
-            notes.append(f"{cls.kind} Lanczos, first operator: path {op.path_in_use!r}{' (channels-last)' if op._chooser.cl else ''}, "
-                         f"{op._chooser.why}; traces {pt.get('trace', float('nan')):.1f} s")
+            rows.append(
+                (f"time outside products ({cls.kind} Lanczos 20)", f"{100 * outside:.1f}%", "", "", "", "target <= 5%")
+            )
+            notes.append(
+                f"{cls.kind} Lanczos, first operator: path "
+                f"{op.path_in_use!r}{' (channels-last)' if op._chooser.cl else ''}, "
+                f"{op._chooser.why}; traces {pt.get('trace', float('nan')):.1f} s"
+            )
 
     # ---------------------------------------------------------------- blocks against vector by vector
     if "blocks" in phases:
@@ -471,13 +579,29 @@ def main() -> None:
             op.matvec(V)  # measures looped and vectorised on the first batch
             looped, vectorised = op.block_timings[path]
             cold = HessianOperator(model, crit, batches, path=path, cache_bytes=0)
-            t = time.perf_counter(); cold.matvec(V[0]); cold.matvec(V[1]); seq = (time.perf_counter() - t) / 2
-            t = time.perf_counter(); cold.matvec(V); blk = (time.perf_counter() - t) / 2
-            print(f"{path:9s} kept state: looped {looped:.3f} s, vectorised {vectorised:.3f} s per vector (first batch, CPU s); "
-                  f"no cache: two single products {seq:.3f} s, one block {blk:.3f} s per vector ({seq / blk:.2f}x)")
-            rows.append((f"block of 2 vs 2 single products, path={path}, per vector",
-                         f"kept: {vectorised / looped:.2f}x the looped time vectorised; no cache: block {blk / g:.2f}x vs {seq / g:.2f}x grad",
-                         "", "", "", "block where it pays"))
+            t = time.perf_counter()
+            cold.matvec(V[0])
+            cold.matvec(V[1])
+            seq = (time.perf_counter() - t) / 2
+            t = time.perf_counter()
+            cold.matvec(V)
+            blk = (time.perf_counter() - t) / 2
+            print(
+                f"{path:9s} kept state: looped {looped:.3f} s, vectorised {vectorised:.3f} s per vector (first batch, "
+                "CPU s); "
+                f"no cache: two single products {seq:.3f} s, one block {blk:.3f} s per vector ({seq / blk:.2f}x)"
+            )
+            rows.append(
+                (
+                    f"block of 2 vs 2 single products, path={path}, per vector",
+                    f"kept: {vectorised / looped:.2f}x the looped time vectorised; no cache: block {blk / g:.2f}x vs "
+                    f"{seq / g:.2f}x grad",
+                    "",
+                    "",
+                    "",
+                    "block where it pays",
+                )
+            )
 
     # ---------------------------------------------------------------- top-5 eigenvalues
     ref_top: torch.Tensor | None = None
@@ -488,10 +612,15 @@ def main() -> None:
         op = HessianOperator(model, crit, batches)
         timed = Timed(op)
         with PeakRSS() as mem_t:
-            t = time.perf_counter(); top = top_eigenvalues(timed, 5, tol=1e-4, max_iters=300); t_top = time.perf_counter() - t
+            t = time.perf_counter()
+            top = top_eigenvalues(timed, 5, tol=1e-4, max_iters=300)
+            t_top = time.perf_counter() - t
         out_top = 1 - timed.seconds / t_top
-        print(f"ours: {t_top:.1f} s, {top.num_products} products ({timed.seconds / timed.calls / g_top:.2f}x grad per product), "
-              f"outside products {100 * out_top:.1f}%, peak +{mem_t.mib:.0f} MiB")
+        print(
+            f"ours: {t_top:.1f} s, {top.num_products} products ({timed.seconds / timed.calls / g_top:.2f}x grad per "
+            "product), "
+            f"outside products {100 * out_top:.1f}%, peak +{mem_t.mib:.0f} MiB"
+        )
         print(f"  {op!r}")
         print("  eigenvalues", [f"{e:.6f}" for e in top.eigenvalues.tolist()])
         res = {}
@@ -506,11 +635,22 @@ def main() -> None:
             if r["done"]:
                 ref_top = torch.tensor(np.sort(r["result"])[::-1].copy(), dtype=torch.float64)
                 diff = ((top.eigenvalues - ref_top).abs() / ref_top.abs())
-                print(f"curvlinops eigsh (tol {args.eigsh_tol:g}): {fmt_time(r, args.cap)}, {r['products']} products, peak +{r['mib']:.0f} MiB")
+                print(
+                    f"curvlinops eigsh (tol {args.eigsh_tol:g}): {fmt_time(r, args.cap)}, {r['products']} products, "
+                    f"peak +{r['mib']:.0f} MiB"
+                )
                 print("  eigenvalues", [f"{e:.6f}" for e in ref_top.tolist()])
                 print("  relative difference ours - curvlinops:", [f"{d:.1e}" for d in diff.tolist()])
-                rows.append(("top-5: max relative difference ours (tol 1e-4) vs curvlinops eigsh", f"{float(diff.max()):.1e}",
-                             "", "", f"tol {args.eigsh_tol:g}", "<= 1e-4"))
+                rows.append(
+                    (
+                        "top-5: max relative difference ours (tol 1e-4) vs curvlinops eigsh",
+                        f"{float(diff.max()):.1e}",
+                        "",
+                        "",
+                        f"tol {args.eigsh_tol:g}",
+                        "<= 1e-4",
+                    )
+                )
             else:
                 print(f"curvlinops eigsh: {fmt_time(r, ref_cap)} after {r['products']} products: no reference")
         if "pyhessian" in anchors:
@@ -523,8 +663,11 @@ def main() -> None:
             if r["done"] and ref_top is not None:
                 e = torch.tensor(sorted(r["result"], reverse=True), dtype=torch.float64)
                 extra = f", max rel err vs curvlinops {float(((e - ref_top).abs() / ref_top.abs()).max()):.1e}"
-            print(f"PyHessian eigenvalues(top_n=5): {fmt_time(r, args.cap)}, {r['products']} products "
-                  f"({r['seconds'] / max(r['products'], 1) / g_top:.2f}x grad per product), peak +{r['mib']:.0f} MiB{extra}")
+            print(
+                f"PyHessian eigenvalues(top_n=5): {fmt_time(r, args.cap)}, {r['products']} products "
+                f"({r['seconds'] / max(r['products'], 1) / g_top:.2f}x grad per product), peak +{r['mib']:.0f} "
+                f"MiB{extra}"
+            )
         if "eigenthings" in anchors:
             from hessian_eigenthings import lanczos as et_lanczos
 
@@ -539,14 +682,26 @@ def main() -> None:
                 extra = f", {conv}/5 converged by its own test"
                 if ref_top is not None:
                     extra += f", max rel err vs curvlinops {float(((e - ref_top).abs() / ref_top.abs()).max()):.1e}"
-            print(f"eigenthings lanczos(H, k=5): {fmt_time(r, args.cap)}, {r['products']} products, peak +{r['mib']:.0f} MiB{extra}")
+            print(
+                f"eigenthings lanczos(H, k=5): {fmt_time(r, args.cap)}, {r['products']} products, peak "
+                f"+{r['mib']:.0f} MiB{extra}"
+            )
         ratio = ""
         if "pyhessian" in res:
             r = res["pyhessian"]
             ratio = f"{r['seconds'] / t_top:.2f}x faster than PyHessian" + ("" if r["done"] else " (lower bound)")
-        cells = [fmt_time(res[n], args.cap if n != "curvlinops" else max(args.cap, args.reference_cap)) if n in res else ""
-                 for n in ("pyhessian", "eigenthings", "curvlinops")]
-        rows.append(("top-5 eigenvalues (ours to 1e-4)", f"{t_top:.1f} s, {top.num_products} products", *cells, f"{ratio}; target >= 4x"))
+        cells = [
+            fmt_time(res[n], args.cap if n != "curvlinops" else max(args.cap, args.reference_cap)) if n in res else ""
+            for n in ("pyhessian", "eigenthings", "curvlinops")
+        ]
+        rows.append(
+            (
+                "top-5 eigenvalues (ours to 1e-4)",
+                f"{t_top:.1f} s, {top.num_products} products",
+                *cells,
+                f"{ratio}; target >= 4x",
+            )
+        )
         mems = [f"+{res[n]['mib']:.0f} MiB" if n in res else "" for n in ("pyhessian", "eigenthings", "curvlinops")]
         rows.append(("peak RSS growth, top-5", f"+{mem_t.mib:.0f} MiB", *mems, ""))
         rows.append(("time outside products (top-5)", f"{100 * out_top:.1f}%", "", "", "", "target <= 5%"))
@@ -569,7 +724,9 @@ def main() -> None:
             op = HessianOperator(model, crit, slq_batches)
             timed = Timed(op)
             with PeakRSS() as mem_s:
-                t = time.perf_counter(); slq_density(timed, 30, 2, seed=0); t_s = time.perf_counter() - t
+                t = time.perf_counter()
+                slq_density(timed, 30, 2, seed=0)
+                t_s = time.perf_counter() - t
             ours_runs.append({"seconds": t_s, "mib": mem_s.mib, "outside": 1 - timed.seconds / t_s})
             print(f"ours, run {rep + 1}: {t_s:.1f} s ({timed.seconds / timed.calls / g:.2f}x grad per product), "
                   f"outside products {100 * (1 - timed.seconds / t_s):.1f}%, peak +{mem_s.mib:.0f} MiB, "
@@ -577,15 +734,20 @@ def main() -> None:
             print(f"  {op!r}")
             if "pyhessian" in anchors:
                 ph_runs.append(r := run_capped(ph_slq, args.cap))
-                print(f"PyHessian density(iter=30, n_v=2), run {rep + 1}: {fmt_time(r, args.cap)}, {r['products']} products "
-                      f"({r['seconds'] / max(r['products'], 1) / g:.2f}x grad per product), peak +{r['mib']:.0f} MiB")
+                print(
+                    f"PyHessian density(iter=30, n_v=2), run {rep + 1}: {fmt_time(r, args.cap)}, {r['products']} "
+                    "products "
+                    f"({r['seconds'] / max(r['products'], 1) / g:.2f}x grad per product), peak +{r['mib']:.0f} MiB"
+                )
         t_s = float(np.median([r["seconds"] for r in ours_runs]))
         mem_s_mib = float(np.median([r["mib"] for r in ours_runs]))
         out_s = float(np.median([r["outside"] for r in ours_runs]))
         forget_linearizations()
         op0 = HessianOperator(model, crit, slq_batches, cache_bytes=0)
         with PeakRSS() as mem_0:
-            t = time.perf_counter(); slq_density(op0, 30, 2, seed=0); t_0 = time.perf_counter() - t
+            t = time.perf_counter()
+            slq_density(op0, 30, 2, seed=0)
+            t_0 = time.perf_counter() - t
         print(f"ours, cache_bytes=0: {t_0:.1f} s, peak +{mem_0.mib:.0f} MiB; {op0!r}")
         res = {}
         if ph_runs:
@@ -598,29 +760,49 @@ def main() -> None:
             each = ", ".join(f"{o['seconds']:.1f} / {p['seconds']:.1f} s" for o, p in zip(ours_runs, ph_runs))
             mib_ours = ", ".join("+%.0f" % r["mib"] for r in ours_runs)
             mib_ph = ", ".join("+%.0f" % r["mib"] for r in ph_runs)
-            notes.append(f"SLQ, ours / PyHessian in alternating runs: {each}; medians {t_s:.1f} / "
-                         f"{res['pyhessian']['seconds']:.1f} s; peak RSS growth ours {mib_ours} MiB, PyHessian {mib_ph} MiB")
+            notes.append(
+                f"SLQ, ours / PyHessian in alternating runs: {each}; medians {t_s:.1f} / "
+                f"{res['pyhessian']['seconds']:.1f} s; peak RSS growth ours {mib_ours} MiB, PyHessian {mib_ph} MiB"
+            )
         if "eigenthings" in anchors:
             from hessian_eigenthings import spectral_density
 
             def et_slq(cap: Cap) -> Any:
-                return spectral_density(capped_eigenthings(model, slq_batches, cap), num_runs=2, lanczos_steps=30, seed=0)
+                return spectral_density(
+                    capped_eigenthings(model, slq_batches, cap), num_runs=2, lanczos_steps=30, seed=0
+                )
 
             res["eigenthings"] = r = run_capped(et_slq, args.cap)
-            print(f"eigenthings spectral_density(num_runs=2, lanczos_steps=30): {fmt_time(r, args.cap)}, {r['products']} products, "
-                  f"peak +{r['mib']:.0f} MiB")
+            print(
+                f"eigenthings spectral_density(num_runs=2, lanczos_steps=30): {fmt_time(r, args.cap)}, "
+                f"{r['products']} products, "
+                f"peak +{r['mib']:.0f} MiB"
+            )
         ratio = ""
         if "pyhessian" in res:
             r = res["pyhessian"]
             ratio = f"{r['seconds'] / t_s:.2f}x faster than PyHessian" + ("" if r["done"] else " (lower bound)")
         cells = [fmt_time(res[n], args.cap) if n in res else "" for n in ("pyhessian", "eigenthings")]
-        label = f"SLQ 30 steps x 2 probes ({n_slq} images)" + (f", median of {args.slq_repeats} alternating runs" if args.slq_repeats > 1 else "")
+        label = f"SLQ 30 steps x 2 probes ({n_slq} images)" + (
+            f", median of {args.slq_repeats} alternating runs" if args.slq_repeats > 1 else ""
+        )
         rows.append((label, f"{t_s:.1f} s", *cells, "not an anchor", f"{ratio}; target >= 2.5x"))
         rows.append(("time outside products (SLQ)", f"{100 * out_s:.1f}%", "", "", "", "target <= 5%"))
         mems = [f"+{res[n]['mib']:.0f} MiB" if n in res else "" for n in ("pyhessian", "eigenthings")]
-        mem_ratio = f"{mem_s_mib / res['pyhessian']['mib']:.2f}x / {mem_0.mib / res['pyhessian']['mib']:.2f}x PyHessian" if "pyhessian" in res else ""
-        rows.append(("peak RSS growth, SLQ (default cache / cache_bytes=0)", f"+{mem_s_mib:.0f} / +{mem_0.mib:.0f} MiB", *mems, "",
-                     f"{mem_ratio}; target <= 1.0x, or the extra is the cache"))
+        mem_ratio = (
+            f"{mem_s_mib / res['pyhessian']['mib']:.2f}x / {mem_0.mib / res['pyhessian']['mib']:.2f}x PyHessian"
+            if "pyhessian" in res
+            else ""
+        )
+        rows.append(
+            (
+                "peak RSS growth, SLQ (default cache / cache_bytes=0)",
+                f"+{mem_s_mib:.0f} / +{mem_0.mib:.0f} MiB",
+                *mems,
+                "",
+                f"{mem_ratio}; target <= 1.0x, or the extra is the cache",
+            )
+        )
         # What each keeps of its Lanczos runs by the end. Ours: the basis of one probe in the products' precision
         # (the probes run in lockstep only while a block pays, then one after the other; with cache_bytes=0 one
         # after the other from the start). PyHessian 0.1: the float32 vectors of one probe at a time (its
@@ -646,7 +828,10 @@ def main() -> None:
     if args.markdown:
         cmd = "    .venv/bin/python benchmarks/bench_curvature.py " + " ".join(sys.argv[1:])
         with open(args.markdown, "a") as f:
-            f.write(f"\n## Run of {started:%Y-%m-%d %H:%M} ({(time.perf_counter() - t_start) / 60:.0f} min)\n\n{cmd}\n\n{head}\n\n")
+            f.write(
+                f"\n## Run of {started:%Y-%m-%d %H:%M} ({(time.perf_counter() - t_start) / 60:.0f} "
+                f"min)\n\n{cmd}\n\n{head}\n\n"
+            )
             f.write("\n".join(table) + "\n\n" + "".join(f"- {n}\n" for n in notes) + f"- {summary}\n")
 
 

@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250, help="images per batch of the operator (memory)")
     ap.add_argument("--steps", type=int, default=3, help="Lanczos steps to time (default 3)")
     ap.add_argument("--target-steps", type=int, default=100, help="steps to extrapolate to (the paper's 100)")
-    ap.add_argument("--width", type=float, default=1.0, help="channel multiplier of WRN-28-10 (small versions for a check)")
+    ap.add_argument(
+        "--width", type=float, default=1.0, help="channel multiplier of WRN-28-10 (small versions for a check)"
+    )
     ap.add_argument("--depth", type=int, default=28)
     ap.add_argument("--cache-gib", type=float, default=DEFAULT_CACHE_BYTES / 2**30, help="operator cache budget (GiB)")
     ap.add_argument("--path", default="auto", choices=["auto", "linearize", "graph"])
@@ -154,8 +156,11 @@ def main() -> None:
         proc.step()
         sync(device)
         steps.append(time.perf_counter() - t)
-        print(f"Lanczos step {k + 1}: {steps[-1]:.2f} s ({steps[-1] / t_grad:.2f}x the gradient); alpha {proc.alphas[-1]:.6g}, "
-              f"beta {proc.betas[-1]:.6g}; path now {op.path_in_use!r}")
+        print(
+            f"Lanczos step {k + 1}: {steps[-1]:.2f} s ({steps[-1] / t_grad:.2f}x the gradient); alpha "
+            f"{proc.alphas[-1]:.6g}, "
+            f"beta {proc.betas[-1]:.6g}; path now {op.path_in_use!r}"
+        )
     measured = sum(steps)
     last = steps[-1]
     rest = max(args.target_steps - len(steps), 0)
@@ -169,9 +174,11 @@ def main() -> None:
                                      "the extrapolation is an upper bound)")
     lines = [
         f"measured: {len(steps)} Lanczos steps over {args.images:,} images in {measured:.1f} s "
-        f"({', '.join(f'{s:.1f}' for s in steps)} s); the last {last:.2f} s = {last / t_grad:.2f}x a full-data gradient "
+        f"({', '.join(f'{s:.1f}' for s in steps)} s); the last {last:.2f} s = {last / t_grad:.2f}x a full-data "
+        "gradient "
         f"({t_grad:.2f} s); {peak or 'no GPU'}",
-        f"extrapolated: {args.target_steps} steps = measured + {rest} x {last:.2f} s = {total:.0f} s ({total / 60:.1f} min); "
+        f"extrapolated: {args.target_steps} steps = measured + {rest} x {last:.2f} s = {total:.0f} s "
+        f"({total / 60:.1f} min); "
         f"the float64 Lanczos basis of {args.target_steps} steps needs {basis_gib:.1f} GiB on the device{caveat}",
         f"script wall time {time.perf_counter() - started_wall:.0f} s",
     ]

@@ -83,7 +83,9 @@ def ours(recipe: TrainSizes, images, labels, steps: int, warmup: int, device: to
             marks.append(time.perf_counter())
 
     data = SimpleNamespace(images=images[:n], labels=labels[:n])
-    cfg = dataclasses.replace(recipe, epochs=1, divergence_loss=1e9, low_res_epochs=0)  # full resolution, as the baseline
+    cfg = dataclasses.replace(
+        recipe, epochs=1, divergence_loss=1e9, low_res_epochs=0
+    )  # full resolution, as the baseline
     fit(model, data, cfg, device=device, quiet=True, on_step=on_step)
     return recipe.batch_size * steps / (marks[1] - marks[0])
 
@@ -222,12 +224,17 @@ def main(argv=None) -> int:
             if device.type == "cpu" and max(load_before, load_after) > (os.cpu_count() or 1) else "")
     title = f"## {args.profile} recipe on {device.type}"
     source = "random uint8 images (--synthetic)" if args.synthetic else "CIFAR-100"
-    lines = [title, "", f"{where}; torch {torch.__version__}; {source}; {steps} timed steps after {args.warmup} warm-up "
-             f"steps; measured {time.strftime('%Y-%m-%d')}, 1-minute load average {load_before:.1f} before and "
-             f"{load_after:.1f} after{busy}.", "",
-             "| network | parameters | batch | ours (img/s) | baseline (img/s) | ours / best baseline "
-             "| step alone (img/s) | step alone / best baseline |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        title,
+        "",
+        f"{where}; torch {torch.__version__}; {source}; {steps} timed steps after {args.warmup} warm-up "
+        f"steps; measured {time.strftime('%Y-%m-%d')}, 1-minute load average {load_before:.1f} before and "
+        f"{load_after:.1f} after{busy}.",
+        "",
+        "| network | parameters | batch | ours (img/s) | baseline (img/s) | ours / best baseline "
+        "| step alone (img/s) | step alone / best baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, recipe, params, ours_ips, base, ratio, alone in rows:
         shown = ", ".join(f"{v:.0f} ({w} workers)" for w, v in base.items())
         lines.append(f"| {name} | {params:,} | {recipe.batch_size} | {ours_ips:.0f} | {shown} | {ratio:.2f}x "

@@ -53,3 +53,14 @@ from hessian_lib.store import ResultsStore
 from hessian_lib.trainer import FitResult, evaluate, fit
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "batch_operator", "bottom_eigenvalues", "build_model", "CIFAR100Split", "count_parameters", "curvature_inputs",
+    "CurvatureOperator", "DataError", "dense_ggn", "dense_hessian", "dense_matrix", "EigenResult", "evaluate",
+    "extremes", "fit", "FitResult", "gd_hyperparameters", "GGNOperator", "HessianOperator", "hutchinson_trace",
+    "hutchpp_trace", "lanczos", "LanczosResult", "laws", "load_cifar100", "load_profile", "load_subsets",
+    "max_stable_lr_sweep", "measured_model", "MODEL_NAMES", "network_seeds", "normalize", "polyak_hyperparameters",
+    "Profile", "profile_names", "ProfileError", "PROFILES", "refresh_batchnorm", "resolve_data_root",
+    "resolve_device", "ResultsStore", "slq_density", "SLQLearner", "SLQResult", "stratified_indices", "sweep",
+    "top_eigenvalues", "TraceEstimate", "train_experiment", "train_networks", "TrainResult", "TrainSizes",
+]

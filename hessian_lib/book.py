@@ -207,8 +207,8 @@ def execute_chapter(
     """Run one chapter notebook with papermill into ``output``; return seconds taken.
 
     ``cell_timeout``: seconds any one cell may run (None: no limit). ``on_cell(index, k, n, seconds)`` is
-    called as cell ``index`` (the k-th of n code cells) finishes. Afterwards the injected parameters are hidden and the figures
-    and tables shown with :mod:`hessian_lib.figures` numbered. Raises :class:`ChapterError` with the
+    called as cell ``index`` (the k-th of n code cells) finishes. Afterwards the injected parameters are hidden and
+    the figures and tables shown with :mod:`hessian_lib.figures` numbered. Raises :class:`ChapterError` with the
     chapter name, failing cell and error (a timeout included).
     """
     import papermill
@@ -272,13 +272,25 @@ def _jupyter_book_executable() -> str:
         return str(candidate)
     found = shutil.which("jupyter-book")
     if not found:
-        raise BookError("jupyter-book is not installed; install the project with its book extra: pip install -e '.[book]'")
+        raise BookError(
+            "jupyter-book is not installed; install the project with its book extra: pip install -e '.[book]'"
+        )
     return found
 
 
 def build_html(staging: Path, html_dir: Path) -> Path:
     """Build the staged (already executed) book with Jupyter Book; copy the HTML to ``html_dir``."""
-    cmd = [_jupyter_book_executable(), "build", str(staging), "--builder", "html", "-W", "-n", "--keep-going", "--quiet"]
+    cmd = [
+        _jupyter_book_executable(),
+        "build",
+        str(staging),
+        "--builder",
+        "html",
+        "-W",
+        "-n",
+        "--keep-going",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-4000:]

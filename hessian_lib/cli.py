@@ -23,7 +23,9 @@ from hessian_lib.profiles import ProfileError, load_profile, profile_names
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options every experiment command shares: profile, overrides, seed, data root, device."""
-    parser.add_argument("--profile", default="cpu", help=f"named sizes: one of {', '.join(profile_names())} (default: cpu)")
+    parser.add_argument(
+        "--profile", default="cpu", help=f"named sizes: one of {', '.join(profile_names())} (default: cpu)"
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
         help="override one size of the profile, e.g. --set theory.dim=400 (repeatable)",
@@ -133,6 +135,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m hessian_lib`` and its subcommands."""
     parser = argparse.ArgumentParser(prog="python -m hessian_lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     from hessian_lib.book import BookError, ChapterError
     from hessian_lib.data import DataError
 

@@ -60,10 +60,10 @@ def _orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GaussianMixture:
-    """A C-class Gaussian mixture with equal class weights and a shared covariance (see the module docstring).
+    r"""A C-class Gaussian mixture with equal class weights and a shared covariance (see the module docstring).
 
     ``means``: [C, d] class means; ``covariance``: [d, d] within-class covariance
-    :math:`\\Sigma`; ``factor``: [d, d] with ``factor @ factor.T == covariance``;
+    :math:`\Sigma`; ``factor``: [d, d] with ``factor @ factor.T == covariance``;
     ``separation``: :math:`s`; ``seed``: the seed the parameters were drawn with. All float64.
     """
 
@@ -105,12 +105,12 @@ class GaussianMixture:
 
 def make_mixture(classes: int, dim: int, separation: float, *, covariance_decay: float = 0.0,
                  seed: int = 0) -> GaussianMixture:
-    """The mixture of ``classes`` (C) Gaussians in ``dim`` (d >= C) dimensions at ``separation`` (s >= 0).
+    r"""The mixture of ``classes`` (C) Gaussians in ``dim`` (d >= C) dimensions at ``separation`` (s >= 0).
 
     The means' directions and the covariance's eigenbasis come from ``seed`` alone, so mixtures
     of one seed at different separations share them: only the distance between the means
-    changes. ``covariance_decay`` (:math:`\\alpha \\ge 0`) shapes the within-class variances
-    :math:`\\propto i^{-\\alpha}`.
+    changes. ``covariance_decay`` (:math:`\alpha \ge 0`) shapes the within-class variances
+    :math:`\propto i^{-\alpha}`.
     """
     if classes < 2 or dim < classes:
         raise ValueError(f"need at least two classes and dim >= classes, got C = {classes}, d = {dim}")

@@ -69,6 +69,7 @@ class TheorySizes:
     widget_batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         for f in dataclasses.fields(self):
             _positive(f"theory.{f.name}", getattr(self, f.name))
         if max(self.batch_sizes) > self.n_data:
@@ -150,6 +151,7 @@ class TrainSizes:
     low_res_size: int = 24
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         from hessian_lib.models import MODEL_NAMES, canonical_name
 
         try:
@@ -165,7 +167,8 @@ class TrainSizes:
         if not 0 <= self.momentum < 1:
             raise ProfileError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if not (0 <= self.dropout < 1 or self.dropout == -1):
-            raise ProfileError(f"train.dropout must be in [0, 1) or -1 (the architecture's default), got {self.dropout}")
+            raise ProfileError(
+                f"train.dropout must be in [0, 1) or -1 (the architecture's default), got {self.dropout}")
         if self.low_res_epochs < 0 or not 8 <= self.low_res_size <= 32 or self.low_res_size % 2:
             raise ProfileError("train.low_res_epochs must not be negative and train.low_res_size must be even, "
                                f"in 8..32; got {self.low_res_epochs} and {self.low_res_size}")
@@ -196,6 +199,7 @@ class NetworkSizes:
     bn_refresh_images: int = 2_000
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         _positive("networks.count", self.count)
         if self.bn_refresh_images < 0:
             raise ProfileError(f"networks.bn_refresh_images must not be negative, got {self.bn_refresh_images}")
@@ -232,6 +236,7 @@ class SpectraSizes:
     dense_samples: int = 500
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         for f in dataclasses.fields(self):
             _positive(f"spectra.{f.name}", getattr(self, f.name))
         if len(self.checkpoints) < 2:
@@ -239,14 +244,15 @@ class SpectraSizes:
         if len(self.batch_sizes) < 3:
             raise ProfileError("spectra.batch_sizes needs at least three batch sizes (to fit the shift's exponent)")
         if max(self.batch_sizes) >= self.dataset_size:
-            raise ProfileError("spectra.batch_sizes must stay below spectra.dataset_size (B = N is the empirical matrix)")
+            raise ProfileError(
+                "spectra.batch_sizes must stay below spectra.dataset_size (B = N is the empirical matrix)")
         if self.min_draws < 2:
             raise ProfileError("spectra.min_draws must be at least 2 (a standard error needs two draws)")
         if self.max_draws < self.min_draws:
             raise ProfileError("spectra.max_draws must be at least spectra.min_draws")
         if self.batch_images < self.min_draws * sum(self.batch_sizes):
-            raise ProfileError(f"spectra.batch_images must cover the first draws: at least min_draws x sum(batch_sizes) "
-                               f"= {self.min_draws * sum(self.batch_sizes)}")
+            raise ProfileError(f"spectra.batch_images must cover the first draws: at least min_draws x "
+                               f"sum(batch_sizes) = {self.min_draws * sum(self.batch_sizes)}")
 
 
 @dataclass(frozen=True)
@@ -274,8 +280,8 @@ class ScalingSizes:
     Gradient noise scale: per-sample gradients of ``noise_samples`` images.
 
     Parity: from ``parity_batch`` (B0) to 4 B0 and 16 B0, ``parity_epochs`` epochs on
-    ``parity_subset`` images, ``parity_seeds`` seeds (seed r starts from network r mod K), test accuracy on ``parity_test_subset``
-    test images; the base learning rates at B0 are ``parity_sgd_lr`` and ``parity_adam_lr`` (0:
+    ``parity_subset`` images, ``parity_seeds`` seeds (seed r starts from network r mod K), test accuracy on
+    ``parity_test_subset`` test images; the base learning rates at B0 are ``parity_sgd_lr`` and ``parity_adam_lr`` (0:
     ``parity_lr_fraction`` times the largest stable one measured there); runs start from the
     sweep's checkpoint (``parity_from_checkpoint``) or from a fresh initialisation.
     """
@@ -315,6 +321,7 @@ class ScalingSizes:
         return float(self.ladder_factor ** (0.5 ** self.bisections))
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         for f in dataclasses.fields(self):
             if f.name not in ("checkpoint", "adam_state_steps", "parity_sgd_lr", "parity_adam_lr",
                               "parity_from_checkpoint"):
@@ -340,8 +347,8 @@ class ScalingSizes:
         if not self.ladder_factor > 1:
             raise ProfileError(f"scaling.ladder_factor must exceed 1, got {self.ladder_factor}")
         if self.final_bracket() > 2 ** 0.25 * (1 + 1e-9):
-            raise ProfileError(f"scaling.ladder_factor {self.ladder_factor:g} with scaling.bisections {self.bisections} "
-                               f"leaves a final bracket of {self.final_bracket():.3g}, above 2^(1/4)")
+            raise ProfileError(f"scaling.ladder_factor {self.ladder_factor:g} with scaling.bisections "
+                               f"{self.bisections} leaves a final bracket of {self.final_bracket():.3g}, above 2^(1/4)")
         if self.noise_samples < 2:
             raise ProfileError(f"scaling.noise_samples needs at least 2 images, got {self.noise_samples}")
         from hessian_lib.verdicts import CLAIM7_HORIZON_FACTOR
@@ -425,6 +432,7 @@ class LearnerSizes:
     tradeoff_steps: tuple[int, ...] = (5, 10, 20, 40)
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         for name in ("validation_images", "train_images", "test_images", "epochs", "seeds", "sgd_lrs", "adam_lr",
                      "curvature_images", "lanczos_steps", "compare_batches", "tradeoff_steps"):
             _positive(f"learner.{name}", getattr(self, name))
@@ -512,6 +520,7 @@ class MixtureSizes:
     chunk_size: int = 256
 
     def validate(self) -> None:
+        """Raise :class:`ProfileError`, naming the key, for a value out of range."""
         for f in dataclasses.fields(self):
             if f.name not in ("covariance_decay", "cnn_low_res_epochs", "cnn_lr"):
                 _positive(f"mixture.{f.name}", getattr(self, f.name))
@@ -579,6 +588,7 @@ class Profile:
     mixture: MixtureSizes = field(default_factory=MixtureSizes)
 
     def validate(self) -> "Profile":
+        """Validate every section and the limits between sections (:class:`ProfileError` if not); return ``self``."""
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
@@ -650,7 +660,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
-        description="Fits CI: 2 CPU cores, no GPU; every chapter together in about 20 minutes.",
+        description="Fits CI: 2 CPU cores, no GPU; every chapter together in about 35 minutes.",
         # The fast recipe (benchmarks/train_results.md): a small VGG-style BatchNorm network (259,228
         # parameters) on all 50,000 training images, 5 epochs (the first 4 on random 24-pixel crops) in under
         # 3 minutes of training on 2 cores; Nesterov SGD, label smoothing, warm-up then linear decay to zero;
@@ -749,9 +759,9 @@ PROFILES: dict[str, Profile] = {
                              adam_state_steps=2, curvature_images=64, curvature_draws=1, lanczos_steps=5,
                              noise_samples=16, parity_batch=4, parity_epochs=1, parity_subset=64,
                              parity_test_subset=100),
-        learner=LearnerSizes(validation_images=100, train_images=200, test_images=200, epochs=1, sgd_lrs=(0.03, 0.1, 0.3),
-                             curvature_images=50, lanczos_steps=4, every_steps=2, compare_batches=2,
-                             tradeoff_steps=(2, 4)),
+        learner=LearnerSizes(validation_images=100, train_images=200, test_images=200, epochs=1,
+                             sgd_lrs=(0.03, 0.1, 0.3), curvature_images=50, lanczos_steps=4, every_steps=2,
+                             compare_batches=2, tradeoff_steps=(2, 4)),
         mixture=MixtureSizes(classes=4, dim=8, hidden=(8,), separation=3.0, separations=(1.0, 3.0), train_samples=200,
                              test_samples=400, mlp_epochs=5, mlp_batch_size=20, mlp_lr=0.05, cnn_train_images=200,
                              cnn_epochs=1, cnn_low_res_epochs=0, cnn_lr=0.0, dataset_size=48, batch_sizes=(4, 8, 16),

@@ -26,7 +26,9 @@ from hessian_lib.trainer import TrainCallback
 __all__ = ["SLQLearner", "refreshed_batchnorm"]
 
 
-def refreshed_batchnorm(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int | None = None) -> torch.nn.Module:
+def refreshed_batchnorm(
+    model: torch.nn.Module, images: torch.Tensor, *, batch_size: int | None = None
+) -> torch.nn.Module:
     """A copy of ``model`` in eval mode whose BatchNorm running statistics are those of ``images``.
 
     A network in eval mode normalises with running statistics, which early in training (and at
@@ -85,8 +87,8 @@ class SLQLearner(TrainCallback):
             (default, the paper's learner): the rate is held until the next estimate.
 
     ``history`` gets one dict per estimate: ``step``, ``lambda_max``, ``mu``, ``lr``, ``momentum``
-    (the rule's values, before any ``lr_schedule`` factor) and ``seconds`` (the estimate's wall time). When an estimate fails
-    (no positive curvature outside the bulk) after an earlier one succeeded, the earlier values
+    (the rule's values, before any ``lr_schedule`` factor) and ``seconds`` (the estimate's wall time). When an
+    estimate fails (no positive curvature outside the bulk) after an earlier one succeeded, the earlier values
     are kept and the entry records ``kept=True`` and the reason; a failing first estimate raises.
     """
 
@@ -219,10 +221,12 @@ class SLQLearner(TrainCallback):
     # ------------------------------------------------------------------ TrainCallback
 
     def on_train_start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Keep the optimiser whose hyperparameters the learner sets (the Polyak rule needs heavy-ball SGD)."""
         self._check_optimizer(optimizer)
         self.optimizer = optimizer
 
     def on_step_start(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Before step ``step``: estimate the extremes when one is due and set the optimiser's hyperparameters."""
         if self.optimizer is not optimizer:
             self._check_optimizer(optimizer)
             self.optimizer = optimizer
@@ -232,9 +236,11 @@ class SLQLearner(TrainCallback):
             self.apply(optimizer, step)
 
     def state_dict(self) -> dict[str, Any]:
+        """The learner's state for a checkpoint: its estimates so far and the hyperparameters in force."""
         return {"history": [dict(entry) for entry in self.history], "lr": self.lr, "momentum": self.momentum,
                 "last_step": self._last_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state of :meth:`state_dict` (resuming from a checkpoint)."""
         self.history = [dict(entry) for entry in state.get("history", [])]
         self.lr, self.momentum, self._last_step = state.get("lr"), state.get("momentum"), state.get("last_step")

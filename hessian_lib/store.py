@@ -173,7 +173,9 @@ class ResultsStore:
                 result.update({k: archive[k] for k in archive.files})
         return result
 
-    def cached(self, config: Any, compute: Callable[[], Mapping[str, Any]], *, recompute: bool = False) -> dict[str, Any]:
+    def cached(
+        self, config: Any, compute: Callable[[], Mapping[str, Any]], *, recompute: bool = False
+    ) -> dict[str, Any]:
         """The stored result of ``config``, or ``compute()`` stored first. Returns what :meth:`load` returns."""
         if recompute or not self.has(config):
             self.save(config, compute())

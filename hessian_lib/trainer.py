@@ -1,4 +1,4 @@
-"""The trainer: optimisers, the authors' learning-rate schedule, divergence, checkpoints and DDP.
+r"""The trainer: optimisers, the authors' learning-rate schedule, divergence, checkpoints and DDP.
 
 :func:`fit` trains a network on in-memory uint8 CIFAR images with the recipe of a
 :class:`~hessian_lib.profiles.TrainSizes`. The data pipeline is batched: each epoch draws one
@@ -11,12 +11,12 @@ Learning rate at step ``s`` of ``S`` (``t = s / S``, the fraction of training do
 ``authors`` schedule of the paper's public scripts:
 
 .. math::
-    \\eta(t) = \\eta_0 \\cdot \\begin{cases} 1 & t \\le 0.5 \\\\
-    1 - 0.99\\,(t - 0.5)/0.4 & 0.5 < t \\le 0.9 \\\\ 0.01 & t > 0.9 \\end{cases}
+    \eta(t) = \eta_0 \cdot \begin{cases} 1 & t \le 0.5 \\
+    1 - 0.99\,(t - 0.5)/0.4 & 0.5 < t \le 0.9 \\ 0.01 & t > 0.9 \end{cases}
 
 (the scripts evaluate it once per epoch at ``t = epoch / epochs``; here it is evaluated at
 every step, which agrees at epoch starts); ``linear`` decays as :math:`1 - t` to zero at the
-end (the fast-training recipes' triangle); ``constant`` stays at :math:`\\eta_0`. Each is
+end (the fast-training recipes' triangle); ``constant`` stays at :math:`\eta_0`. Each is
 multiplied by a linear warm-up factor ``min(1, (s + 1) / warmup_steps)`` when ``warmup_epochs > 0``.
 
 Seeds: every random stream of a run (initialisation, data order, augmentation, dropout) has
@@ -167,7 +167,7 @@ def derive_seed(seed: int, stream: str) -> int:
 
 
 def make_optimizer(params: Any, cfg: TrainSizes) -> torch.optim.Optimizer:
-    """SGD with momentum (L2 weight decay, Nesterov if ``cfg.nesterov``), Adam (L2) or AdamW (decoupled), at ``cfg.lr``."""
+    """SGD with momentum (L2 weight decay; Nesterov if ``cfg.nesterov``), Adam (L2) or AdamW (decoupled), at ``lr``."""
     if cfg.lr <= 0:
         raise ValueError(f"the learning rate must be positive, got {cfg.lr}")
     if cfg.optimizer == "sgd":
@@ -194,7 +194,9 @@ def check_batch_size(batch_size: int, n_train: int, world_size: int = 1) -> None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    )
 
 
 @torch.no_grad()
@@ -401,7 +403,11 @@ def restore_or_reset(run: _Run, checkpoint_dir: Path | None, resume: bool, main:
         result.history = list(state["history"])
         result.resumed_from = run.epoch
         if state.get("diverged"):
-            result.diverged, result.diverged_step, result.diverged_loss = True, state["diverged_step"], state["diverged_loss"]
+            result.diverged, result.diverged_step, result.diverged_loss = (
+                True,
+                state["diverged_step"],
+                state["diverged_loss"],
+            )
             return True
     elif checkpoint_dir is not None and main:
         for path in checkpoint_dir.glob("epoch_*.pt"):  # a fresh run replaces an old run's checkpoints

@@ -343,7 +343,7 @@ class ShiftEvidence:
 
 
 def shift_end_verdict(evidence: ShiftEvidence) -> str:
-    """The shift rule at one end of one matrix at one checkpoint (resolved or not: see :func:`shift_checkpoint_verdict`).
+    """The shift rule at one end of one matrix at one checkpoint, resolved or not (:func:`shift_checkpoint_verdict`).
 
     :data:`HOLDS` when Delta(B) exceeds :data:`SHIFT_SIGMAS` standard errors at every B and the
     interval of gamma contains :data:`OUTLIER_GAMMA` and excludes :data:`EDGE_GAMMA`;
@@ -587,7 +587,8 @@ def claim4_conditions(small_slope: Any, critical_batch: Any, grid: Any, saturati
     """
     b = [float(v) for v in grid]
     return {
-        "linear": interval_contains(small_slope, CLAIM4_SLOPE) and not interval_contains(small_slope, CLAIM4_ALTERNATIVE),
+        "linear": interval_contains(small_slope, CLAIM4_SLOPE)
+        and not interval_contains(small_slope, CLAIM4_ALTERNATIVE),
         "saturating": interval_within(critical_batch, min(b), max(b)) and bool(saturating_passes),
         "parity": bool(parity),
     }

@@ -11,14 +11,21 @@ import torch
 import yaml
 
 from hessian_lib import provenance
-from hessian_lib.book import (BUILD_FILE, ChapterError, build_identity, execute_chapter, list_chapters, new_build_id,
-                              project_root, run_book)
-from hessian_lib.figures import GLUE_PREFIX
-from hessian_lib.profiles import load_profile
-from hessian_lib.provenance import write_about_page
+from hessian_lib.book import (
+    BUILD_FILE,
+    ChapterError,
+    build_identity,
+    execute_chapter,
+    list_chapters,
+    new_build_id,
+    project_root,
+    run_book,
+)
 from hessian_lib.cli import main
 from hessian_lib.data import DOWNLOAD_ENV, DataError
-from hessian_lib.profiles import ProfileError
+from hessian_lib.figures import GLUE_PREFIX
+from hessian_lib.profiles import ProfileError, load_profile
+from hessian_lib.provenance import write_about_page
 
 
 def _notebook(path, *sources):

@@ -136,7 +136,10 @@ def test_page_renders_offline_and_fits(server, browser, path):
         assert outside == [], f"requests left 127.0.0.1: {outside}"
         assert failed == [], f"local files missing: {failed}"
         # every figure loaded
-        broken = page.evaluate("() => Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
+        broken = page.evaluate(
+            "() => Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => "
+            "i.src.slice(0, 80))"
+        )
         assert broken == []
         source = next((s for s in (Path(f"{path}.ipynb"), Path(f"{path}.md")) if s.exists()), None)
         text = source.read_text() if source else ""

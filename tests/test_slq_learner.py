@@ -20,7 +20,6 @@ from hessian_lib.profiles import TrainSizes
 from hessian_lib.slq_learner import SLQLearner, refreshed_batchnorm
 from hessian_lib.trainer import fit, load_checkpoint
 
-
 # ----------------------------------------------------------------------------- the learner on quadratics
 
 

@@ -1,6 +1,5 @@
 """``python -m hessian_lib train`` / ``sweep``: bad input fails at once; small runs write the store."""
 
-import json
 
 import pytest
 
@@ -36,7 +35,18 @@ def test_train_rejects_missing_data(tmp_path, capsys, monkeypatch):
 
 def test_train_and_sweep_write_the_store(data_root, tmp_path, capsys):
     out = tmp_path / "results"
-    common = ["--profile", "smoke", *SMALL, "--data-root", str(data_root), "--out", str(out), "--device", "cpu", "--quiet"]
+    common = [
+        "--profile",
+        "smoke",
+        *SMALL,
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(["train", *common]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert len(list(ResultsStore(out).entries())) == 1

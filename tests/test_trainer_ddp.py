@@ -1,6 +1,5 @@
 """Data-parallel training: 2 CPU processes on gloo equal one process with the same global batch."""
 
-import dataclasses
 import os
 
 import pytest

@@ -5,8 +5,20 @@ from __future__ import annotations
 import pytest
 
 from hessian_lib.store import ResultsStore
-from hessian_lib.verdicts import (CLAIMS, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, PARTLY, VERDICT_WORDS, Verdict,
-                                  agreement, combine_parts, load_verdicts, record_verdict, weakest)
+from hessian_lib.verdicts import (
+    CLAIMS,
+    DOES_NOT_HOLD,
+    HOLDS,
+    INCONCLUSIVE,
+    PARTLY,
+    VERDICT_WORDS,
+    Verdict,
+    agreement,
+    combine_parts,
+    load_verdicts,
+    record_verdict,
+    weakest,
+)
 
 
 def test_round_trip_and_build_filter(tmp_path):
@@ -85,8 +97,15 @@ import pandas as pd  # noqa: E402
 
 from hessian_lib.experiments.theory import claim2_checks  # noqa: E402
 from hessian_lib.verdicts import (  # noqa: E402
-    CLAIM2_TOLERANCE, CLAIM2_WINDOW, DOES_NOT_HOLD, NO_CHAPTER, NOT_RUN, claim2_verdict, formula_reproduced,
-    in_threshold_window, scoreboard,
+    CLAIM2_TOLERANCE,
+    CLAIM2_WINDOW,
+    DOES_NOT_HOLD,
+    NO_CHAPTER,
+    NOT_RUN,
+    claim2_verdict,
+    formula_reproduced,
+    in_threshold_window,
+    scoreboard,
 )
 
 

@@ -29,7 +29,8 @@ class MatrixOperator:
         self.dtype = matrix.dtype
 
     def matvec(self, v: Tensor) -> Tensor:
-        return self.matrix @ v.to(self.matrix.dtype)
+        """``A v`` for ``v`` of shape ``[P]``, or ``V A`` for a block ``[k, P]`` (A is symmetric)."""
+        return v.to(self.matrix.dtype) @ self.matrix.T
 
 
 def expect_products(op: object, n: int) -> None:

@@ -50,6 +50,8 @@ def batch_operator(
 
     Args:
         kind: ``"hessian"`` or ``"ggn"``.
+        model: the network (its parameters are the operator's coordinates).
+        loss_fn: the loss, as for :class:`HessianOperator`.
         dataset: a pair of tensors ``(x [N, ...], y [N])`` or a map-style ``Dataset`` whose
             items are ``(x, y)``.
         batch_size: :math:`B`, ``1 <= B <= N``; ``B = N`` gives the empirical matrix.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +67,10 @@ def _prepare(
     if dtype is not None:
         model = copy.deepcopy(model).to(dtype)
         batches = [
-            (x.to(dtype) if isinstance(x, Tensor) and x.is_floating_point() else x, y.to(dtype) if y.is_floating_point() else y)
+            (
+                x.to(dtype) if isinstance(x, Tensor) and x.is_floating_point() else x,
+                y.to(dtype) if y.is_floating_point() else y,
+            )
             for x, y in batches
         ]
     named = dict(model.named_parameters())

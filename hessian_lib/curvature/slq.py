@@ -81,7 +81,12 @@ def gaussian_density(
 
 
 def _lockstep(
-    op: LinearOperator, num_iters: int, seeds: list[int], reorthogonalize: bool, bar: Any, basis_dtype: torch.dtype | None
+    op: LinearOperator,
+    num_iters: int,
+    seeds: list[int],
+    reorthogonalize: bool,
+    bar: Any,
+    basis_dtype: torch.dtype | None,
 ) -> list[LanczosResult]:
     """Independent Lanczos runs from the start vectors of ``seeds``, advanced together while
     a block pays: each step multiplies the runs' current vectors as one block ``[k, P]``.
@@ -90,7 +95,8 @@ def _lockstep(
     time is held in full. The Ritz values are the same either way."""
     steps = min(num_iters, int(op.dim))
     procs: list[LanczosProcess | None] = [
-        LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize, capacity=num_iters, basis_dtype=basis_dtype) for s in seeds
+        LanczosProcess(op, seed=s, reorthogonalize=reorthogonalize, capacity=num_iters, basis_dtype=basis_dtype)
+        for s in seeds
     ]
     results: list[LanczosResult | None] = [None] * len(procs)
     pays = getattr(op, "blocks_pay", None)
@@ -146,6 +152,8 @@ def slq_density(
         grid: ``[G]`` evaluation points; default ``num_points`` points spanning the Ritz
             values padded by ``5 sigma`` on each side.
         sigma: Gaussian width; default 1% of the Ritz-value range (at least ``1e-12``).
+        num_points: size of the default grid.
+        seed: seed of the first probe's start vector.
         reorthogonalize: full re-orthogonalisation in each Lanczos run.
         block: run the probes in lockstep, one block product ``[num_probes, P]`` per step
             (one pass over the data per step for all probes; the operator multiplies the
@@ -163,6 +171,15 @@ def slq_density(
 
     Returns:
         :class:`SLQResult` with the grid, the density, and the raw Ritz values and weights.
+
+    Example: the density of the eigenvalues 1, ..., 100 integrates to one over its grid.
+
+    >>> import torch
+    >>> from hessian_lib.curvature import MatrixOperator
+    >>> A = MatrixOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+    >>> result = slq_density(A, num_iters=30, num_probes=2, seed=0)
+    >>> result.density.shape, round(float(torch.trapezoid(result.density, result.grid)), 4)
+    (torch.Size([2001]), 1.0)
     """
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
@@ -193,5 +210,10 @@ def slq_density(
         grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points, dtype=torch.float64)
     density = gaussian_density(grid, values, weights, sigma)
     return SLQResult(
-        grid=grid.to(torch.float64), density=density, sigma=float(sigma), ritz_values=values, ritz_weights=weights, num_products=products
+        grid=grid.to(torch.float64),
+        density=density,
+        sigma=float(sigma),
+        ritz_values=values,
+        ritz_weights=weights,
+        num_products=products,
     )

@@ -360,6 +360,7 @@ class LearnerStudy:
         return list(seen)
 
     def run(self, label: str, seed: int) -> dict[str, Any]:
+        """The record of the run labelled ``label`` with training seed ``seed`` (``KeyError`` if absent)."""
         for r in self.runs:
             if r["label"] == label and r["seed"] == seed:
                 return r
@@ -415,6 +416,7 @@ class LearnerStudy:
                 np.array([self.run(best, s)["test_acc"] for s in seeds]))
 
     def mean_acc(self, method: str) -> float:
+        """Mean final test accuracy (fraction) over the runs of ``method``."""
         return float(np.mean([r["test_acc"] for r in self.runs if r["method"] == method]))
 
     def chosen_lrs(self, method: str = "polyak") -> np.ndarray:
@@ -422,9 +424,13 @@ class LearnerStudy:
         return np.array([e["lr"] for r in self.runs if r["method"] == method for e in r["estimates"]], dtype=float)
 
     def chosen_momenta(self, method: str = "polyak") -> np.ndarray:
-        return np.array([e["momentum"] for r in self.runs if r["method"] == method for e in r["estimates"]], dtype=float)
+        """Every momentum the learner chose in the runs of ``method``, ``[estimates]``."""
+        return np.array(
+            [e["momentum"] for r in self.runs if r["method"] == method for e in r["estimates"]], dtype=float
+        )
 
     def stable_range(self) -> tuple[float, float] | None:
+        """``(lowest, highest)`` learning rate of the SGD grid none of whose runs diverged; ``None`` if all did."""
         sgd = [r for r in self.runs if r["method"] == "sgd"]
         return stable_lr_range([r["lr"] for r in sgd], [r["diverged"] for r in sgd])
 

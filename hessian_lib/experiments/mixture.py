@@ -38,8 +38,13 @@ from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified
 from hessian_lib.device import resolve_device
 from hessian_lib.experiments.spectra import BN_MODE, spectrum_at
 from hessian_lib.experiments.theory import child_seed
-from hessian_lib.experiments.training import (BN_REFRESH_SEED, CURVATURE_SEED, SUBSET_SEED, model_from_profile,
-                                              refresh_batchnorm)
+from hessian_lib.experiments.training import (
+    BN_REFRESH_SEED,
+    CURVATURE_SEED,
+    SUBSET_SEED,
+    model_from_profile,
+    refresh_batchnorm,
+)
 from hessian_lib.mixture import GaussianMixture, make_mixture
 from hessian_lib.models.mlp import VectorMLP
 from hessian_lib.profiles import MixtureSizes, Profile, SpectraSizes, TrainSizes, load_profile

@@ -18,8 +18,7 @@ import pandas as pd
 import torch
 
 from hessian_lib import verdicts as V
-from hessian_lib.experiments.mixture import (SIDES, natural_network, shift_record, synthetic_network,
-                                             welch_interval)
+from hessian_lib.experiments.mixture import SIDES, natural_network, shift_record, synthetic_network, welch_interval
 from hessian_lib.experiments.spectra import fit_shift_exponent, pool_shift, shift_statistics
 from hessian_lib.experiments.theory import child_seed
 from hessian_lib.experiments.training import network_seeds
@@ -112,6 +111,7 @@ class MixtureStudy:
         return welch_interval(self.values("mixture", key), self.values("network", key))
 
     def count_word(self) -> str:
+        """Claim 8's count measure: whether the two sides' outlier counts agree within its tolerance."""
         return V.claim8_count_agreement(self.counts("mixture"), self.counts("network"), self.classes)
 
     def measure_words(self) -> dict[str, str]:

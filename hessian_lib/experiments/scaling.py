@@ -45,6 +45,14 @@ from torch import nn
 from hessian_lib.curvature import batch_operator, lanczos
 from hessian_lib.curvature.noise import gradient_noise_scale
 from hessian_lib.data import load_cifar100, normalize, stratified_indices
+from hessian_lib.experiments.scaling_analysis import (
+    OPTIMIZER_LABELS,
+    OPTIMIZERS,
+    PARITY_ARMS,
+    Bracket,
+    ScalingJudgement,
+    ScalingResult,
+)
 from hessian_lib.experiments.training import (
     curvature_inputs,
     load_subsets,
@@ -53,14 +61,6 @@ from hessian_lib.experiments.training import (
     network_seeds,
     train_config,
     train_experiment,
-)
-from hessian_lib.experiments.scaling_analysis import (
-    OPTIMIZER_LABELS,
-    OPTIMIZERS,
-    PARITY_ARMS,
-    Bracket,
-    ScalingJudgement,
-    ScalingResult,
 )
 from hessian_lib.profiles import Profile, ScalingSizes, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, config_key
@@ -117,17 +117,17 @@ class LrLattice:
 
     @classmethod
     def from_sizes(cls, sizes: ScalingSizes, start: float) -> "LrLattice":
-        """The lattice of a profile's ``scaling`` section with :math:`\\alpha_0` = ``start``."""
+        r"""The lattice of a profile's ``scaling`` section with :math:`\alpha_0` = ``start``."""
         return cls(start=float(start), ratio=sizes.final_bracket(), rung=2**sizes.bisections)
 
     def lr(self, index: int) -> float:
-        """:math:`\\alpha_j`."""
+        r""":math:`\alpha_j`."""
         return float(self.start * self.ratio ** int(index))
 
 
 @dataclass(frozen=True)
 class BisectionResult:
-    """Lattice indices of the final bracket (``None`` when not found) and every ``(index, diverged)`` tried, in order."""
+    """Lattice indices of the final bracket (``None`` if not found), and every ``(index, diverged)`` tried in order."""
 
     lower: int | None
     upper: int | None
@@ -193,9 +193,9 @@ def lr_sweep(
     max_ladder_steps: int = 8,
     start: int = 0,
 ) -> list[Bracket]:
-    """One :func:`bisect_max_lr` search per batch size, in increasing order.
+    r"""One :func:`bisect_max_lr` search per batch size, in increasing order.
 
-    ``run_trial(batch_size, index)`` runs or loads the trial at :math:`\\alpha_{index}` and returns
+    ``run_trial(batch_size, index)`` runs or loads the trial at :math:`\alpha_{index}` and returns
     its record (a mapping with at least ``diverged``). The first batch size starts the ladder at
     index ``start``, each later one at the previous one's stable end (or a rung below its diverged end),
     which saves trials and, for a monotone threshold, ends in the same lattice cell.
@@ -261,10 +261,10 @@ def _full_resolution(recipe: TrainSizes) -> dict[str, Any]:
 
 def trial_recipe(recipe: TrainSizes, sizes: ScalingSizes, optimizer: str, *, batch_size: int, lr: float,
                  steps: int, n_train: int) -> TrainSizes:
-    """The recipe of a trial: ``recipe`` with one optimiser, batch size and constant learning rate.
+    r"""The recipe of a trial: ``recipe`` with one optimiser, batch size and constant learning rate.
 
     ``optimizer``: a key of :data:`OPTIMIZERS` (``momentum`` is heavy ball with ``sizes.momentum``;
-    Nesterov off, so that the stability limit is :math:`2(1+\\beta)/\\lambda`). No schedule, no
+    Nesterov off, so that the stability limit is :math:`2(1+\beta)/\lambda`). No schedule, no
     warm-up and no augmentation (a trial sees the images the curvature is taken on); enough epochs
     over ``n_train`` images for ``steps`` steps; weight decay and label smoothing as in ``recipe``,
     at full resolution.
@@ -501,7 +501,7 @@ def curvature_prediction(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, 
 
 
 def noise_scale(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """:math:`B_{\\mathrm{simple}}` of ``model`` on ``x``, ``y`` (see :mod:`hessian_lib.curvature.noise`) as a dict."""
+    r""":math:`B_{\mathrm{simple}}` of ``model`` on ``x``, ``y`` (see :mod:`hessian_lib.curvature.noise`) as a dict."""
     return dataclasses.asdict(gradient_noise_scale(model, loss_fn, x, y, chunk_size=64, groups=8))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hessian_lib import verdicts
-from hessian_lib.laws import scaling
+from hessian_lib.laws import brackets
 from hessian_lib.profiles import Profile
 
 __all__ = [
@@ -41,7 +41,7 @@ PARITY_ARMS: tuple[tuple[str, str, tuple[int, ...], str], ...] = (
     ("Adam, square-root scaling", "adam", (1, 4, 16), "sqrt"),
     ("Adam, linear scaling (control)", "adam", (16,), "linear"),
 )
-_MISSING = scaling.Interval(math.nan, math.nan, math.nan)
+_MISSING = brackets.Interval(math.nan, math.nan, math.nan)
 
 
 @dataclass
@@ -86,8 +86,8 @@ class ScalingJudgement:
     optimizer_words: dict[str, str]
     fits: dict[str, dict[str, Any]]
     parity: dict[str, tuple[float, list[float], float, bool]]
-    mechanism: dict[str, tuple[scaling.Interval, float]]
-    network_mechanism: list[dict[str, tuple[scaling.Interval, float]]]
+    mechanism: dict[str, tuple[brackets.Interval, float]]
+    network_mechanism: list[dict[str, tuple[brackets.Interval, float]]]
     conditions: dict[str, dict[str, bool]]
 
 
@@ -128,6 +128,7 @@ class ScalingResult:
 
     @property
     def batch_sizes(self) -> list[int]:
+        """The batch sizes of the sweeps, in samples."""
         return [int(b) for b in self.profile.scaling.batch_sizes]
 
     @property
@@ -175,22 +176,22 @@ class ScalingResult:
 
         ``slope``: log-log slope over them; ``slope_small``: over the ``smallest`` smallest batch
         sizes of the grid (absent unless all of those are bracketed); ``saturating`` and ``sqrt``:
-        :func:`~hessian_lib.laws.scaling.fit_saturating_brackets` and the square-root law
-        (:func:`~hessian_lib.laws.scaling.fit_power_brackets`); ``unbracketed``: the grid points left out.
+        :func:`~hessian_lib.laws.brackets.fit_saturating_brackets` and the square-root law
+        (:func:`~hessian_lib.laws.brackets.fit_power_brackets`); ``unbracketed``: the grid points left out.
         The bootstrap resamples networks, then sweeps within each. ``networks``: only their sweeps.
         """
         b, lower, upper, groups = self.bracket_arrays(optimizer, networks)
         out: dict[str, Any] = {"batch_sizes": b, "lower": lower, "upper": upper,
                                "unbracketed": sorted(set(self.batch_sizes) - {int(v) for v in b})}
         if b.size >= 2:
-            out["slope"] = scaling.bootstrap_slope(b, lower, upper, level=level, n_boot=n_boot, seed=1, groups=groups)
+            out["slope"] = brackets.bootstrap_slope(b, lower, upper, level=level, n_boot=n_boot, seed=1, groups=groups)
         first = self.batch_sizes[:smallest]
         if smallest >= 2 and [int(v) for v in b[:smallest]] == first:
-            out["slope_small"] = scaling.bootstrap_slope(b[:smallest], lower[:, :smallest], upper[:, :smallest],
+            out["slope_small"] = brackets.bootstrap_slope(b[:smallest], lower[:, :smallest], upper[:, :smallest],
                                                          level=level, n_boot=n_boot, seed=2, groups=groups)
         if b.size >= 3:
-            out["saturating"] = scaling.fit_saturating_brackets(b, lower, upper, level=level, seed=3, groups=groups)
-            out["sqrt"] = scaling.fit_power_brackets(b, lower, upper, 0.5, level=level, seed=4, groups=groups)
+            out["saturating"] = brackets.fit_saturating_brackets(b, lower, upper, level=level, seed=3, groups=groups)
+            out["sqrt"] = brackets.fit_power_brackets(b, lower, upper, 0.5, level=level, seed=4, groups=groups)
         return out
 
     def claim4_evidence(self, fit: Mapping[str, Any], parity: bool) -> dict[str, Any]:
@@ -280,7 +281,7 @@ class ScalingResult:
         return 2.0 * (1.0 + self.profile.scaling.momentum) if optimizer == "momentum" else 2.0
 
     def lambdas(self, batch_sizes: Sequence[int] | None = None) -> np.ndarray:
-        """[K, n, draws]: the measured :math:`\\lambda_{\\max}(H_B)` per network and B (default: the grid)."""
+        r"""[K, n, draws]: the measured :math:`\lambda_{\max}(H_B)` per network and B (default: the grid)."""
         b = self.batch_sizes if batch_sizes is None else [int(v) for v in batch_sizes]
         frame = self.prediction
         draws = int(frame.groupby(["network", "batch_size"]).size().max())
@@ -292,8 +293,8 @@ class ScalingResult:
         return out
 
     def mechanism(self, optimizer: str = "sgd", *, level: float = 0.95, n_boot: int = 4000,
-                  network: int | None = None) -> tuple[scaling.Interval, float]:
-        """The slope of measured over predicted against B (:func:`~hessian_lib.laws.scaling.bootstrap_ratio_slope`) and
+                  network: int | None = None) -> tuple[brackets.Interval, float]:
+        """The slope of measured over predicted against B (:func:`~hessian_lib.laws.brackets.bootstrap_ratio_slope`) and
         its level (median ratio), over the batch sizes bracketed in every sweep; of ``network`` alone when given."""
         nets = None if network is None else [network]
         b, lower, upper, groups = self.bracket_arrays(optimizer, nets)
@@ -302,16 +303,16 @@ class ScalingResult:
         lam = self.lambdas(b)
         if network is not None:
             lam, groups = lam[[network]], np.zeros_like(groups)
-        return scaling.bootstrap_ratio_slope(b, lower, upper, lam, groups,
+        return brackets.bootstrap_ratio_slope(b, lower, upper, lam, groups,
                                              numerator=self.prediction_numerator(optimizer),
                                              level=level, n_boot=n_boot, seed=5)
 
     def prediction_table(self) -> pd.DataFrame:
-        """Per B: lambda_max (mean over networks and draws, and the range of the networks' means), and measured
+        r"""Per B: lambda_max (mean over networks and draws, and the range of the networks' means), and measured
         over predicted for plain and momentum SGD.
 
-        Network k's prediction is :math:`2/\\bar\\lambda_k` (and :math:`2(1+\\beta)/\\bar\\lambda_k`) with
-        :math:`\\bar\\lambda_k` the mean over its draws; its measured value is the geometric middle of
+        Network k's prediction is :math:`2/\bar\lambda_k` (and :math:`2(1+\beta)/\bar\lambda_k`) with
+        :math:`\bar\lambda_k` the mean over its draws; its measured value is the geometric middle of
         its final bracket. ``*_predicted`` and ``*_measured`` are geometric means over networks,
         ``*_ratio`` the geometric mean of the networks' ratios; ``nan`` where not bracketed.
         """
@@ -335,8 +336,8 @@ class ScalingResult:
         return pd.DataFrame(rows)
 
     def horizon_table(self) -> pd.DataFrame:
-        """Plain SGD at the smallest and largest B, per network: the final bracket at the profile's trial length
-        and at ``long_horizon`` times it, the prediction :math:`2/\\bar\\lambda`, and measured over predicted at both."""
+        r"""Plain SGD at the smallest and largest B, per network: the final bracket at the profile's trial length
+        and at ``long_horizon`` times it, the prediction :math:`2/\bar\lambda`, and measured over predicted at both."""
         lam = np.nanmean(self.lambdas(), axis=2)
         rows = []
         for network, long in enumerate(self.long_sweeps):
@@ -353,7 +354,7 @@ class ScalingResult:
     # --------------------------------------------------------------------- the verdicts
 
     def judge(self, *, level: float = verdicts.SCALING_LEVEL, n_boot: int = 4000) -> ScalingJudgement:
-        """Claims 4, 5 and 7 on the networks pooled and on each network alone (the rules of :mod:`hessian_lib.verdicts`).
+        """Claims 4, 5 and 7 on the networks pooled and on each network alone (rules: :mod:`hessian_lib.verdicts`).
 
         Claim 4 is judged for plain SGD and for SGD with momentum and takes the weaker word
         (:func:`~hessian_lib.verdicts.weakest`); its parity part is linear-scaling parity of SGD

@@ -39,9 +39,14 @@ from hessian_lib import verdicts
 from hessian_lib.curvature import GGNOperator, HessianOperator, batch_operator, dense_ggn, dense_hessian, lanczos
 from hessian_lib.device import resolve_device
 from hessian_lib.experiments.theory import child_seed
-from hessian_lib.experiments.training import (TrainResult, curvature_inputs, measured_model, network_seeds,
-                                              train_experiment)
-from hessian_lib.laws import rmt, scaling
+from hessian_lib.experiments.training import (
+    TrainResult,
+    curvature_inputs,
+    measured_model,
+    network_seeds,
+    train_experiment,
+)
+from hessian_lib.laws import brackets, rmt, scaling
 from hessian_lib.models.mlp import PooledMLP
 from hessian_lib.profiles import Profile, SpectraSizes, load_profile
 from hessian_lib.store import ResultsStore
@@ -99,10 +104,10 @@ def spectra_dataset(profile: Profile, data_root: Any = None, device: Any = "cpu"
 
 @torch.no_grad()
 def network_state(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 256) -> dict[str, float]:
-    """Loss, accuracy and mean largest softmax probability of ``model`` (eval mode) on (x, y).
+    r"""Loss, accuracy and mean largest softmax probability of ``model`` (eval mode) on (x, y).
 
     A mean largest probability near 1/C (C classes) means a near-uniform softmax: then every
-    sample's output Hessian :math:`\\Lambda_i = \\mathrm{diag}(p) - pp^\\top` is nearly the same
+    sample's output Hessian :math:`\Lambda_i = \mathrm{diag}(p) - pp^\top` is nearly the same
     matrix and the batch Gauss-Newton matrix barely fluctuates.
     """
     model.eval()
@@ -353,7 +358,7 @@ def pool_shift(spectra: list[dict[str, Any]], end: str, *, confidence: float = v
     is the percentile interval of the replicates' :math:`\gamma`, NaN when more than
     :data:`POOL_MAX_UNFITTED` of them cannot be fitted. Resampling K networks makes a bootstrap
     spread too narrow by :math:`\sqrt{(K-1)/K}`, so the standard error and the interval are
-    widened about the estimate by :func:`~hessian_lib.laws.scaling.cluster_expansion` (1.22 for K = 3).
+    widened about the estimate by :func:`~hessian_lib.laws.brackets.cluster_expansion` (1.22 for K = 3).
 
     Returns a table with one row per B (``B``, ``x``, ``shift``, ``se``, ``se/shift``, ``draws``:
     over all networks, ``flagged``, and ``shift net k`` for each network k) whose ``attrs`` hold
@@ -390,7 +395,7 @@ def pool_shift(spectra: list[dict[str, Any]], end: str, *, confidence: float = v
                 pick = rng.integers(0, v.size, size=(rows.size, v.size))
                 boot[rows, i] += v[pick].mean(axis=1) - emps[n]
     boot /= chosen.shape[1]
-    expand = scaling.cluster_expansion(k)
+    expand = brackets.cluster_expansion(k)
     se = expand * boot.std(axis=0, ddof=1)
     point = fit_shift_exponent(x, shift, se, confidence)
     ok = (shift > 0) & (se > 0) & np.isfinite(shift)
@@ -400,7 +405,7 @@ def pool_shift(spectra: list[dict[str, Any]], end: str, *, confidence: float = v
     unfitted = float(np.mean(~np.isfinite(gammas)))
     tail = 50.0 * (1.0 - confidence)
     if unfitted <= POOL_MAX_UNFITTED and np.isfinite(point["gamma"]):
-        low, high = scaling.widen(point["gamma"], *(float(v) for v in np.nanpercentile(gammas, [tail, 100.0 - tail])),
+        low, high = brackets.widen(point["gamma"], *(float(v) for v in np.nanpercentile(gammas, [tail, 100.0 - tail])),
                                   expand)
     else:
         low = high = math.nan
@@ -528,6 +533,7 @@ class SpectraResult:
     n_data: int
 
     def epochs(self) -> list[int]:
+        """The checkpoints (epochs) measured, in order."""
         return sorted({e for e, _ in self.spectra})
 
     def shifts(self, epoch: int, kind: str, end: str) -> pd.DataFrame:
@@ -547,7 +553,7 @@ class SpectraResult:
                                       empirical_flagged=bool(t.attrs["empirical_flagged"]))
 
     def evidence(self, kind: str) -> dict[int, dict[str, verdicts.ShiftEvidence]]:
-        """epoch -> end -> the :class:`~hessian_lib.verdicts.ShiftEvidence` of the shift rule."""
+        """Epoch -> end -> the :class:`~hessian_lib.verdicts.ShiftEvidence` of the shift rule."""
         return {epoch: {end: self.end_evidence(epoch, kind, end) for end in ENDS[kind]} for epoch in self.epochs()}
 
     def shift_table(self) -> pd.DataFrame:
@@ -573,7 +579,10 @@ class SpectraResult:
         return pd.DataFrame(rows)
 
     def verdict(self, kind: str) -> tuple[str, dict[int, str]]:
-        """The claim's verdict (claim 1: ``"hessian"``, claim 3: ``"ggn"``) by :func:`~hessian_lib.verdicts.shift_claim_verdict`."""
+        """The claim's verdict (claim 1: ``"hessian"``, claim 3: ``"ggn"``).
+
+        By :func:`~hessian_lib.verdicts.shift_claim_verdict`.
+        """
         return verdicts.shift_claim_verdict(self.evidence(kind))
 
     def predictions(self, epoch: int, kind: str, end: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -670,13 +679,16 @@ class SpectraStudy:
 
     @property
     def dim(self) -> int:
+        """P, the number of parameters of the networks."""
         return self.first.dim
 
     @property
     def n_data(self) -> int:
+        """N, the images the empirical matrices average over."""
         return self.first.n_data
 
     def epochs(self) -> list[int]:
+        """The checkpoints (epochs) measured, in order."""
         return self.first.epochs()
 
     def pooled(self, epoch: int, kind: str, end: str) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -689,14 +701,14 @@ class SpectraStudy:
         return self._pooled[key]
 
     def pooled_evidence(self, epoch: int, kind: str, end: str) -> verdicts.ShiftEvidence:
-        """The pooled :class:`~hessian_lib.verdicts.ShiftEvidence`: an end is flagged empirically when it is in any network."""
+        """The pooled :class:`~hessian_lib.verdicts.ShiftEvidence` (an end is flagged if it is in any network)."""
         t, fit = self.pooled(epoch, kind, end)
         return verdicts.ShiftEvidence(tuple(t["shift"]), tuple(t["se"]), fit["gamma_low"], fit["gamma_high"],
                                       flagged_fraction=float(t["flagged"].sum() / max(t["draws"].sum(), 1)),
                                       empirical_flagged=any(t.attrs["empirical_flagged"]))
 
     def evidence(self, kind: str) -> dict[int, dict[str, verdicts.ShiftEvidence]]:
-        """epoch -> end -> the pooled evidence."""
+        """Epoch -> end -> the pooled evidence."""
         return {e: {end: self.pooled_evidence(e, kind, end) for end in ENDS[kind]} for e in self.epochs()}
 
     def verdict(self, kind: str) -> tuple[str, dict[int, str]]:
@@ -788,7 +800,7 @@ def run_spectra(
     store: ResultsStore | str | os.PathLike = "results",
     progress: bool = False,
 ) -> SpectraStudy:
-    """Train (or load) the profile's K networks, then compute every spectrum of the chapter on each, cached in ``store``.
+    """Train (or load) the profile's K networks, then compute each spectrum of the chapter on each, cached in ``store``.
 
     Network k (training seed ``network_seeds(seed, K)[k]``) is measured at its checkpoints with
     BatchNorm statistics refreshed at full resolution (:func:`~hessian_lib.experiments.training.measured_model`);

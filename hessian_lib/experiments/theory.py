@@ -182,12 +182,21 @@ def explorer_sample(batch_size: int, theta: float, dim: int, s1: float, *, n_dat
     sigma2, ell = (s1 / 4.0) ** 2, 1.0 + 4.0 * theta
     q = dim / batch_size
     return {
-        "batch_size": int(batch_size), "dim": int(dim), "s1": float(s1), "theta": float(theta), "s": s,
-        "q": q, "sigma2": sigma2, "spike": ell,
-        "wigner_eigenvalues": wigner_spectrum(dim, theta, s, seed=child_seed(seed, dim, batch_size, int(theta * 100),
-                                                                             int(s1 * 100))),
+        "batch_size": int(batch_size),
+        "dim": int(dim),
+        "s1": float(s1),
+        "theta": float(theta),
+        "s": s,
+        "q": q,
+        "sigma2": sigma2,
+        "spike": ell,
+        "wigner_eigenvalues": wigner_spectrum(
+            dim, theta, s, seed=child_seed(seed, dim, batch_size, int(theta * 100), int(s1 * 100))
+        ),
         "wigner_predicted_top": float(rmt.wigner_outlier(theta, s)),
-        "wishart_eigenvalues": wishart_spectrum(dim, batch_size, ell, sigma2, seed=child_seed(seed, dim, batch_size, 7)),
+        "wishart_eigenvalues": wishart_spectrum(
+            dim, batch_size, ell, sigma2, seed=child_seed(seed, dim, batch_size, 7)
+        ),
         "wishart_predicted_top": float(rmt.mp_spiked_top(ell, q, sigma2)),
     }
 

@@ -15,11 +15,18 @@ import torch
 from torch import nn
 
 from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified_indices
-from hessian_lib.models import canonical_name, build_model
+from hessian_lib.models import build_model, canonical_name
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore, config_key
-from hessian_lib.trainer import (StepInfo, TrainCallback, check_batch_size, derive_seed, fit, is_main_process,
-                                 load_checkpoint, resolve_device)
+from hessian_lib.trainer import (
+    StepInfo,
+    check_batch_size,
+    derive_seed,
+    fit,
+    is_main_process,
+    load_checkpoint,
+    resolve_device,
+)
 
 __all__ = [
     "Subsets",

@@ -84,7 +84,11 @@ def _positive_int(name: str, value: int) -> int:
 
 
 def semicircle_edges(s: float) -> tuple[float, float]:
-    r"""Edges :math:`(-2s, 2s)` of the semicircle of scale ``s`` (>= 0)."""
+    r"""Edges :math:`(-2s, 2s)` of the semicircle of scale ``s`` (>= 0).
+
+    >>> semicircle_edges(1.0)
+    (-2.0, 2.0)
+    """
     s = float(_nonneg_array("s", s))
     return -2.0 * s, 2.0 * s
 
@@ -155,6 +159,11 @@ def noise_scale(
     :math:`\tfrac1B \tfrac{N-B}{N-1}` replaces :math:`1/B - 1/N`. Vanishes at
     B = N. Returns an array with the shape of ``batch_size`` (units of the
     eigenvalues). Raises ``ValueError`` for B <= 0 or B > N.
+
+    >>> noise_scale(dim=1000, sigma2=0.016, batch_size=[16, 64]).tolist()  # sqrt(16 / B)
+    [1.0, 0.5]
+    >>> float(noise_scale(dim=1000, sigma2=0.016, batch_size=1000, n_data=1000))  # the full batch
+    0.0
     """
     dim = _positive_int("dim", dim)
     sigma2 = float(_nonneg_array("sigma2", sigma2))
@@ -178,7 +187,11 @@ def noise_scale(
 
 
 def wigner_bbp_threshold(s: ArrayLike) -> np.ndarray:
-    r"""BBP threshold of the spiked Wigner model: a spike needs :math:`|\theta| > s`."""
+    r"""BBP threshold of the spiked Wigner model: a spike needs :math:`|\theta| > s`.
+
+    >>> wigner_bbp_threshold([0.5, 1.0]).tolist()
+    [0.5, 1.0]
+    """
     return _nonneg_array("s", s).copy()
 
 
@@ -191,6 +204,11 @@ def wigner_outlier(theta: ArrayLike, s: ArrayLike) -> np.ndarray:
     A negative spike gives the bottom end (:math:`-2s` below threshold);
     ``theta = 0`` is taken as the top edge :math:`+2s`. ``theta`` and ``s``
     (>= 0) broadcast; returns an array of the broadcast shape.
+
+    Above the threshold the outlier is pushed out by :math:`s^2/\theta`; below it sticks to the edge:
+
+    >>> wigner_outlier([2.0, 0.5, -2.0], 1.0).tolist()
+    [2.5, 2.0, -2.5]
     """
     theta = np.asarray(theta, dtype=float)
     s = _nonneg_array("s", s)

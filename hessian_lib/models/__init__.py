@@ -31,8 +31,17 @@ from hessian_lib.models.preresnet import PreResNet
 from hessian_lib.models.vgg import VGG
 from hessian_lib.models.wideresnet import WideResNet
 
-__all__ = ["FastCNN", "MODEL_NAMES", "PreResNet", "VGG", "WideResNet", "build_model", "canonical_name", "count_parameters",
-           "model_note"]
+__all__ = [
+    "FastCNN",
+    "MODEL_NAMES",
+    "PreResNet",
+    "VGG",
+    "WideResNet",
+    "build_model",
+    "canonical_name",
+    "count_parameters",
+    "model_note",
+]
 
 
 def _vgg(bn: bool) -> Callable[..., nn.Module]:

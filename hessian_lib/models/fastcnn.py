@@ -4,8 +4,9 @@ Not one of the paper's networks. It is the VGG recipe (3x3 convolutions, BatchNo
 2x2 max-pooling) cut to five convolutions with global average pooling and one linear layer,
 so that most of its compute sits at low resolution. On two CPU cores VGG-16-BN at the widths
 that fit the budget was far from learning in the trials that chose the recipe (no side-by-side
-time-to-accuracy benchmark yet; ``benchmarks/train_results.md`` has the throughputs); the book uses this network wherever it needs a network that has actually learned within the
-cpu profile's budget, and the paper profile keeps the authors' networks.
+time-to-accuracy benchmark yet; ``benchmarks/train_results.md`` has the throughputs); the book uses this
+network wherever it needs a network that has actually learned within the cpu profile's budget, and the paper
+profile keeps the authors' networks.
 
 Layer plan (channels, ``"M"`` = max-pool), times ``width``:
 ``24, M, 48, 48, M, 96, M, 192``, then global average pooling and ``Linear(192, C)``:
@@ -45,4 +46,5 @@ class FastCNN(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, 3, H, W]`` (normalised) to logits ``[N, num_classes]``."""
         return self.classifier(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))

@@ -35,6 +35,7 @@ class PooledMLP(nn.Module):
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs to logits ``[N, num_classes]``."""
         return self.net(self.pool(x))
 
 
@@ -61,4 +62,5 @@ class VectorMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs to logits ``[N, num_classes]``."""
         return self.net(x)

@@ -100,6 +100,7 @@ class PreResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, 3, H, W]`` (normalised) to logits ``[N, num_classes]``."""
         x = self.layers(self.conv1(x))
         x = F.relu(self.bn(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -77,5 +77,6 @@ class VGG(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, 3, H, W]`` (normalised) to logits ``[N, num_classes]``."""
         x = self.features(x)
         return self.classifier(torch.flatten(x, 1))

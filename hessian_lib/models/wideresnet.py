@@ -9,7 +9,6 @@ BatchNorm-ReLU, global average pooling and a linear classifier. Convolutions hav
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +69,7 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, 3, H, W]`` (normalised) to logits ``[N, num_classes]``."""
         x = self.blocks(self.conv1(x))
         x = F.relu(self.bn(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -58,7 +58,14 @@ def quadratic_figure(demo: dict[str, Any]) -> Figure:
                                     ("polyak", demo["heavy_ball_rate"], METHOD_COLORS["polyak"], "Polyak rule")):
         errors = demo[rule]["errors"]
         ax.semilogy(steps, errors, color=color, label=f"{name}, measured")
-        ax.semilogy(steps, errors[anchor] * rate ** (steps - anchor), color=color, ls=":", lw=1.2, label=f"{name}, rate {rate:.3f}")
+        ax.semilogy(
+            steps,
+            errors[anchor] * rate ** (steps - anchor),
+            color=color,
+            ls=":",
+            lw=1.2,
+            label=f"{name}, rate {rate:.3f}",
+        )
     ax.set_ylim(max(1e-14, ax.get_ylim()[0]), None)
     ax.set_xlabel("step")
     ax.set_ylabel("error on the curved eigenspace")

@@ -131,7 +131,9 @@ def lr_max_panel(ax: Axes, result: ScalingResult, optimizer: str, fits: Mapping[
         ends = np.concatenate([rows.lower.to_numpy(), rows.upper.to_numpy()])
         ends = ends[np.isfinite(ends)]
         if ends.size:
-            ax.plot(highlight, np.sqrt(ends.min() * ends.max()), "o", ms=16, mfc="none", mec=COLORS["empirical"], mew=1.5)
+            ax.plot(
+                highlight, np.sqrt(ends.min() * ends.max()), "o", ms=16, mfc="none", mec=COLORS["empirical"], mew=1.5
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     _plain_log_ticks(ax)
@@ -159,7 +161,9 @@ def ratio_figure(table: pd.DataFrame) -> Figure:
     """Measured lr_max over its curvature prediction against B, for plain and momentum SGD (1: exact)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     for optimizer, marker, color in (("sgd", "o", COLORS["batch"]), ("momentum", "s", COLORS["ggn"])):
-        ax.plot(table.batch_size, table[f"{optimizer}_ratio"], marker=marker, color=color, label=OPTIMIZER_LABELS[optimizer])
+        ax.plot(
+            table.batch_size, table[f"{optimizer}_ratio"], marker=marker, color=color, label=OPTIMIZER_LABELS[optimizer]
+        )
     ax.axhline(1.0, color=COLORS["edge"], ls="--", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

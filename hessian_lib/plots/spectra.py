@@ -93,7 +93,9 @@ def spectrum_density_frame(sp: dict, batch_index: int, *, kind: str, epoch: int,
     # low enough to show the extreme Ritz values' own peaks (their weights are of order 1/P)
     peak = float(max(emp_density.max(), batch_density.max()))
     at_ends = [np.interp(float(np.nanmax(ev) if end == "top" else np.nanmin(ev)), grid, emp_density) for end in ends]
-    at_ends += [np.interp(v, grid, batch_density) for v in np.concatenate([tops[0], tops[1] if kind == "hessian" else []])]
+    at_ends += [
+        np.interp(v, grid, batch_density) for v in np.concatenate([tops[0], tops[1] if kind == "hessian" else []])
+    ]
     floor_y = min([a for a in at_ends if a > 0] or [1e-4 * peak])
     ylim = (float(np.clip(0.3 * floor_y, 1e-10 * peak, 1e-3 * peak)), 3 * peak)
     right.fill_between(grid, ylim[0], np.maximum(emp_density, ylim[0]), color=COLORS["empirical"], alpha=0.2, lw=0)

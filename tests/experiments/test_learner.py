@@ -13,10 +13,17 @@ from quadratics import measured_rate
 
 from hessian_lib.experiments.learner import quadratic_demo
 from hessian_lib.laws.learner import RULES
-from hessian_lib.verdicts import (CLAIM6_FLOOR_PP, CLAIM6_GAP_PP, CLAIM6_LEVEL, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE,
-                                  claim6_verdict, paired_interval,
-                                  stable_lr_range)
-
+from hessian_lib.verdicts import (
+    CLAIM6_FLOOR_PP,
+    CLAIM6_GAP_PP,
+    CLAIM6_LEVEL,
+    DOES_NOT_HOLD,
+    HOLDS,
+    INCONCLUSIVE,
+    claim6_verdict,
+    paired_interval,
+    stable_lr_range,
+)
 
 # ----------------------------------------------------------------------------- the learner on quadratics
 
@@ -24,7 +31,10 @@ from hessian_lib.verdicts import (CLAIM6_FLOOR_PP, CLAIM6_GAP_PP, CLAIM6_LEVEL, 
 def test_quadratic_demo_reaches_the_predicted_rates():
     demo = quadratic_demo(kappa=100.0, steps=300, seed=1)
     assert demo["polyak"]["lambda_max"] == pytest.approx(100.0, rel=1e-6) and demo["polyak"]["mu"] == pytest.approx(1.0)
-    for rule, predicted, (a, b) in (("gd", demo["gd_rate"], (100, 299)), ("polyak", demo["heavy_ball_rate"], (20, 110))):
+    for rule, predicted, (a, b) in (
+        ("gd", demo["gd_rate"], (100, 299)),
+        ("polyak", demo["heavy_ball_rate"], (20, 110)),
+    ):
         assert measured_rate(demo[rule]["errors"], a, b) == pytest.approx(predicted, rel=0.05), rule
 
 

@@ -12,12 +12,28 @@ from torch import nn
 
 from hessian_lib.curvature.noise import gradient_noise_scale, per_sample_gradients
 from hessian_lib.experiments import scaling
-from hessian_lib.laws.scaling import Interval
+from hessian_lib.laws.brackets import Interval
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore
-from hessian_lib.verdicts import (CLAIM4_ALTERNATIVE, CLAIM4_SLOPE, CLAIM5_ALTERNATIVE, CLAIM5_NULL, CLAIM5_SLOPE,
-                                  CLAIM7_FLAT, CLAIM7_NULL, DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, PARITY_POINTS, PARTLY,
-                                  claim4_conditions, claim4_verdict, claim5_verdict, claim7_verdict, parity_holds)
+from hessian_lib.verdicts import (
+    CLAIM4_ALTERNATIVE,
+    CLAIM4_SLOPE,
+    CLAIM5_ALTERNATIVE,
+    CLAIM5_NULL,
+    CLAIM5_SLOPE,
+    CLAIM7_FLAT,
+    CLAIM7_NULL,
+    DOES_NOT_HOLD,
+    HOLDS,
+    INCONCLUSIVE,
+    PARITY_POINTS,
+    PARTLY,
+    claim4_conditions,
+    claim4_verdict,
+    claim5_verdict,
+    claim7_verdict,
+    parity_holds,
+)
 
 RATIO = 2 ** 0.25  # the final bracket the chapter asks for
 RUNG = 8           # ladder factor 4 = RATIO ** 8, three bisections
@@ -161,7 +177,8 @@ def test_noise_scale_matches_the_sample_formula_exactly():
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_noise_scale_of_linear_regression_against_its_closed_form(seed):
-    """x ~ N(0, I_d), y = w*.x + N(0, sigma^2), at w = w* + delta: tr Sigma = (d + 1)|delta|^2 + d sigma^2, |G|^2 = |delta|^2."""
+    """x ~ N(0, I_d), y = w*.x + N(0, sigma^2), at w = w* + delta:
+    tr Sigma = (d + 1)|delta|^2 + d sigma^2, |G|^2 = |delta|^2."""
     d, sigma = 8, 0.7
     model, x, y, delta = _regression(20_000, d, sigma, seed=seed)
     r = gradient_noise_scale(model, _squared_error, x, y, chunk_size=4_000)
@@ -381,7 +398,7 @@ def test_parity_rule(base, scaled, control, expected):
     assert parity_holds(base, scaled, control) is expected
 
 
-# ----------------------------------------------------------------------------- the whole chapter's experiments, smoke-sized
+# ------------------------------------------------------------------------ the whole chapter's experiments, smoke-sized
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ from hessian_lib.experiments import spectra as S
 from hessian_lib.profiles import SpectraSizes, load_profile
 from hessian_lib.store import ResultsStore
 
-
 # ----------------------------------------------------------------------------- draws
 
 
@@ -253,7 +252,10 @@ def test_pooled_evidence_of_a_study_flags_unresolved_ends():
     study = S.SpectraStudy(networks=nets, seeds=(0, 1))
     ev = study.pooled_evidence(2, "hessian", "top")
     assert ev.flagged_fraction == pytest.approx(0.5) and ev.resolved()
-    assert not nets[0].end_evidence(2, "hessian", "top").resolved() and nets[1].end_evidence(2, "hessian", "top").resolved()
+    assert (
+        not nets[0].end_evidence(2, "hessian", "top").resolved()
+        and nets[1].end_evidence(2, "hessian", "top").resolved()
+    )
 
 
 def test_pool_shift_refuses_mismatched_grids():

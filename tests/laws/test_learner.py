@@ -14,7 +14,6 @@ from quadratics import LAM, MU, quadratic
 from hessian_lib.curvature import MatrixOperator, lanczos
 from hessian_lib.laws.learner import BULK_WEIGHT, extremes, gd_hyperparameters, polyak_hyperparameters
 
-
 # ----------------------------------------------------------------------------- extremes
 
 

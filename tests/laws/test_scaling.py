@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hessian_lib.blas import limit_blas_threads
-from hessian_lib.laws import rmt, scaling
+from hessian_lib.laws import brackets, rmt, scaling
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -273,7 +273,7 @@ def test_slope_interval_covers_the_true_slope():
         rng = np.random.default_rng(seed)
         slope = rng.uniform(0.3, 1.2)
         lower, upper = _brackets_around(0.01 * b**slope, rng)
-        interval = scaling.bootstrap_slope(b[:3], lower[:3], upper[:3], n_boot=2000, seed=seed)
+        interval = brackets.bootstrap_slope(b[:3], lower[:3], upper[:3], n_boot=2000, seed=seed)
         covered += interval.contains(slope)
         widths.append(interval.high - interval.low)
     assert covered >= 90
@@ -288,14 +288,14 @@ def test_slope_interval_over_seeds_covers_the_true_slope():
         rng = np.random.default_rng(1000 + seed)
         truth = 0.01 * b**0.5 * np.exp(0.15 * rng.standard_normal((10, b.size)))
         lower, upper = _brackets_around(truth, rng)
-        covered += scaling.bootstrap_slope(b, lower, upper, n_boot=2000, seed=seed).contains(0.5)
+        covered += brackets.bootstrap_slope(b, lower, upper, n_boot=2000, seed=seed).contains(0.5)
     assert covered >= 90
 
 
 def test_saturating_fit_recovers_the_critical_batch_size():
     b = np.array([8, 16, 32, 64, 128, 256, 512], dtype=float)
     lower, upper = _brackets_around(0.4 / (1 + 60.0 / b), np.random.default_rng(3))
-    fit = scaling.fit_saturating_brackets(b, lower, upper, n_boot=1000)
+    fit = brackets.fit_saturating_brackets(b, lower, upper, n_boot=1000)
     assert fit["critical_batch"].contains(60.0) and fit["lr_inf"].contains(0.4)
     assert fit["passes"].all() and not fit["b_star_at_bound"]
     assert fit["critical_batch"].high / fit["critical_batch"].low < 3
@@ -307,21 +307,21 @@ def test_saturating_fit_recovers_the_critical_batch_size():
 def test_saturating_fit_flags_data_without_saturation():
     b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
     lower, upper = _brackets_around(1e-3 * b, np.random.default_rng(4))
-    fit = scaling.fit_saturating_brackets(b, lower, upper, n_boot=500)
+    fit = brackets.fit_saturating_brackets(b, lower, upper, n_boot=500)
     assert fit["b_star_at_bound"] and fit["passes"].all()
-    bent = scaling.fit_saturating_brackets(b, lower * [1, 1, 1, 1, 1, 3], upper * [1, 1, 1, 1, 1, 3], n_boot=200)
+    bent = brackets.fit_saturating_brackets(b, lower * [1, 1, 1, 1, 1, 3], upper * [1, 1, 1, 1, 1, 3], n_boot=200)
     assert not bent["passes"].all() and math.isnan(bent["consistent_critical_batch"][0])
 
 
 def test_square_root_law_fit():
     b = np.array([8, 16, 32, 64, 128, 256], dtype=float)
     lower, upper = _brackets_around(3e-4 * np.sqrt(b), np.random.default_rng(5))
-    fit = scaling.fit_power_brackets(b, lower, upper, 0.5, n_boot=1000)
+    fit = brackets.fit_power_brackets(b, lower, upper, 0.5, n_boot=1000)
     assert fit["coefficient"].contains(3e-4) and fit["passes"].all()
-    assert not scaling.fit_power_brackets(b, lower, upper, 1.0, n_boot=100)["passes"].all()
+    assert not brackets.fit_power_brackets(b, lower, upper, 1.0, n_boot=100)["passes"].all()
 
 
 @pytest.mark.parametrize("bad", [dict(lower=[1, 2, np.nan], upper=[2, 3, 4]), dict(lower=[1, 2, 3], upper=[2, 3, 3])])
 def test_bracket_fits_refuse_bad_brackets(bad):
     with pytest.raises(ValueError, match="bracket"):
-        scaling.bootstrap_slope([1, 2, 4], **bad)
+        brackets.bootstrap_slope([1, 2, 4], **bad)
