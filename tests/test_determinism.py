@@ -15,6 +15,7 @@ import pytest
 
 from hessian_lib.experiments import scaling as SC
 from hessian_lib.experiments import spectra as S
+from hessian_lib.experiments import spectra_analysis as SA
 
 #: Numbers may differ by this much, relative (float32 products differ at about 1e-7).
 RELATIVE = 1e-4
@@ -55,7 +56,7 @@ def test_same_seed_gives_the_same_words(tmp_path, data_root):
         scaling = SC.run_scaling("smoke", seed=3, data_root=data_root, device="cpu", store=store)
         judged = scaling.judge(n_boot=300)
         runs.append({
-            "spectra": {kind: (study.verdict(kind), study.network_verdicts(kind)) for kind in S.KINDS},
+            "spectra": {kind: (study.verdict(kind), study.network_verdicts(kind)) for kind in SA.KINDS},
             "pooled": study.pooled_table().drop(columns=["per network"]).to_dict(),
             "scaling": (judged.words, judged.per_network),
             "mechanism": {k: (v[0].low, v[0].high, v[1]) for k, v in judged.mechanism.items()},

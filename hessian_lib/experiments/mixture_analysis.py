@@ -19,7 +19,7 @@ import torch
 
 from hessian_lib import verdicts as V
 from hessian_lib.experiments.mixture import SIDES, natural_network, shift_record, synthetic_network, welch_interval
-from hessian_lib.experiments.spectra import fit_shift_exponent, pool_shift, shift_statistics
+from hessian_lib.experiments.spectra_analysis import fit_shift_exponent, pool_shift, shift_statistics
 from hessian_lib.experiments.theory import child_seed
 from hessian_lib.experiments.training import network_seeds
 from hessian_lib.mixture import GaussianMixture, make_mixture
@@ -82,7 +82,8 @@ class MixtureStudy:
     # --- the batch shift -----------------------------------------------------------------------
 
     def pooled(self, side: str) -> tuple[pd.DataFrame, dict[str, float]]:
-        """:func:`~hessian_lib.experiments.spectra.pool_shift` of the top of the Hessian over the side's networks."""
+        """:func:`~hessian_lib.experiments.spectra_analysis.pool_shift` of the top of the Hessian over the side's
+        networks."""
         if side not in self._pooled:
             self._pooled[side] = pool_shift([shift_record(r) for r in self.records[side]], "top",
                                             seed=child_seed(self.pool_seed, 8, SIDES.index(side)))

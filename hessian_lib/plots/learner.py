@@ -1,7 +1,8 @@
 """Figures of the Learner chapter (the SLQ learner against SGD and Adam), in the house style.
 
-Each function takes results of :mod:`hessian_lib.experiments.learner` and returns a matplotlib
-figure; the chapter numbers and captions it (:func:`hessian_lib.figures.show_figure`).
+Each function takes results of :mod:`hessian_lib.experiments.learner` (or
+:mod:`hessian_lib.experiments.learner_analysis`) and returns a matplotlib figure; the chapter numbers and
+captions it (:func:`hessian_lib.figures.show_figure`).
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def broadened_density(grid: np.ndarray, values: np.ndarray, weights: np.ndarray,
 def shift_panel(ax: Axes, table, fit: dict, *, sigmas: float, color: str, title: str) -> None:
     r"""The shift :math:`\Delta(B)` against :math:`x = 1/B - 1/N` (log-log) with its power-law fit.
 
-    ``table``: :func:`hessian_lib.experiments.spectra.shift_statistics`, or the pooled table of
-    :func:`~hessian_lib.experiments.spectra.pool_shift` (its ``shift net k`` columns are drawn as
+    ``table``: :func:`hessian_lib.experiments.spectra_analysis.shift_statistics`, or the pooled table of
+    :func:`~hessian_lib.experiments.spectra_analysis.pool_shift` (its ``shift net k`` columns are drawn as
     grey crosses, one per network); ``fit``: the exponent fit of it. Error bars are ``sigmas``
     standard errors; points whose shift does not exceed them are hollow. Grey dotted lines: slopes
     1 (outlier regime) and 1/2 (bulk edge) through the middle of the data.

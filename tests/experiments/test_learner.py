@@ -11,7 +11,7 @@ import pytest
 import torch
 from quadratics import measured_rate
 
-from hessian_lib.experiments.learner import quadratic_demo
+from hessian_lib.experiments.learner_analysis import quadratic_demo
 from hessian_lib.laws.learner import RULES
 from hessian_lib.verdicts import (
     CLAIM6_FLOOR_PP,
@@ -179,6 +179,7 @@ def test_validation_split_is_disjoint_from_the_training_images_and_the_test_set(
 def test_runs_side_by_side_equal_runs_one_after_another(data_root, tmp_path):
     """Two worker processes of one thread each give the runs that one process with one thread gives."""
     from hessian_lib.experiments import learner as L
+    from hessian_lib.experiments import learner_analysis as LA
     from hessian_lib.profiles import load_profile
 
     profile = load_profile("smoke", {"learner.sgd_lrs": "0.03,0.1,0.3", "learner.seeds": 2})
@@ -201,6 +202,6 @@ def test_runs_side_by_side_equal_runs_one_after_another(data_root, tmp_path):
     # a second call loads everything from the store and starts no process
     again = L.run_study(profile, data_root=data_root, device="cpu", store=tmp_path / "two", workers=2)
     assert again.workers == 1 and [r["key"] for r in again.runs] == [r["key"] for r in two.runs]
-    verdict, numbers = L.claim6(two)
+    verdict, numbers = LA.claim6(two)
     assert verdict.verdict in ("holds", "does not hold", "inconclusive")
     assert numbers["best_sgd_lr"] == two.best_sgd_lr() in (0.03, 0.1, 0.3)

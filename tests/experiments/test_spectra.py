@@ -9,6 +9,7 @@ from torch import nn
 
 from hessian_lib.curvature import dense_ggn, dense_hessian
 from hessian_lib.experiments import spectra as S
+from hessian_lib.experiments import spectra_analysis as SA
 from hessian_lib.profiles import SpectraSizes, load_profile
 from hessian_lib.store import ResultsStore
 
@@ -43,8 +44,8 @@ def test_plan_draws_grants_the_cheapest_needs_first_within_the_budget():
 def test_extreme_ritz_skips_padding():
     values = np.array([[1.0, 3.0, np.nan], [-2.0, 0.5, 4.0]])
     res = np.array([[0.1, 0.2, np.nan], [0.3, 0.4, 0.5]])
-    top, top_res = S.extreme_ritz(values, res, "top")
-    bottom, bottom_res = S.extreme_ritz(values, res, "bottom")
+    top, top_res = SA.extreme_ritz(values, res, "top")
+    bottom, bottom_res = SA.extreme_ritz(values, res, "bottom")
     np.testing.assert_array_equal(top, [3.0, 4.0])
     np.testing.assert_array_equal(top_res, [0.2, 0.5])
     np.testing.assert_array_equal(bottom, [1.0, -2.0])
@@ -62,21 +63,21 @@ def test_fit_shift_exponent_recovers_gamma_and_its_interval_covers():
         for gamma in (1.0, 0.5):
             truth = 3.0 * x**gamma
             se = 0.1 * truth
-            fit = S.fit_shift_exponent(x, truth + se * rng.standard_normal(x.size), se, confidence=0.95)
+            fit = SA.fit_shift_exponent(x, truth + se * rng.standard_normal(x.size), se, confidence=0.95)
             hits += fit["gamma_low"] <= gamma <= fit["gamma_high"]
     # 800 intervals: binomial sd of the coverage 0.8%; the delta method on log(shift) at 10% noise is close
     assert 0.92 <= hits / (2 * n) <= 0.98
-    exact = S.fit_shift_exponent(x, 2.0 * x**0.7, 0.01 * x**0.7)
+    exact = SA.fit_shift_exponent(x, 2.0 * x**0.7, 0.01 * x**0.7)
     assert exact["gamma"] == pytest.approx(0.7, abs=1e-9) and exact["amplitude"] == pytest.approx(2.0, rel=1e-9)
     assert exact["n_used"] == 5
 
 
 def test_fit_shift_exponent_uses_only_positive_shifts():
     x = np.array([0.2, 0.1, 0.05, 0.02])
-    fit = S.fit_shift_exponent(x, [2.0, 1.0, -0.1, 0.2], [0.1, 0.1, 0.1, 0.01])
+    fit = SA.fit_shift_exponent(x, [2.0, 1.0, -0.1, 0.2], [0.1, 0.1, 0.1, 0.01])
     assert fit["n_used"] == 3
     assert math.isfinite(fit["gamma"])
-    none = S.fit_shift_exponent(x, [2.0, -1.0, -0.1, 0.2], [0.1, 0.1, 0.1, 0.01])
+    none = SA.fit_shift_exponent(x, [2.0, -1.0, -0.1, 0.2], [0.1, 0.1, 0.1, 0.01])
     assert none["n_used"] == 2 and math.isnan(none["gamma"]) and math.isnan(none["gamma_low"])
 
 
@@ -89,14 +90,14 @@ def test_shift_statistics_from_a_spectrum_record():
     residuals[1, 1, 2] = 0.2  # 0.2 > 1% of 5.5: flagged
     sp = {"empirical_values": np.array([-0.5, 1.0, 4.0]), "empirical_residuals": np.array([0.0, 0.0, 0.01]),
           "batch_values": values, "batch_residuals": residuals, "batch_sizes": np.array([2, 8]), "dataset_size": 16}
-    t = S.shift_statistics(sp, "top")
+    t = SA.shift_statistics(sp, "top")
     np.testing.assert_allclose(t["shift"], [2.0, 1.0])
     np.testing.assert_allclose(t["se"], [1 / np.sqrt(3), np.sqrt(0.5) / np.sqrt(2)])
     np.testing.assert_array_equal(t["draws"], [3, 2])
     np.testing.assert_array_equal(t["flagged"], [0, 1])
     np.testing.assert_allclose(t["x"], [1 / 2 - 1 / 16, 1 / 8 - 1 / 16])
     assert t.attrs["empirical"] == 4.0 and not t.attrs["empirical_flagged"]  # 0.01 <= 1% of 4
-    bottom = S.shift_statistics(sp, "bottom")
+    bottom = SA.shift_statistics(sp, "bottom")
     np.testing.assert_allclose(bottom["shift"], [1 / 3 - 0.5, -0.5])
 
 
@@ -167,7 +168,7 @@ def test_run_spectra_on_the_smoke_profile_and_loads_from_the_store(tmp_path, dat
     assert len(study.networks) == len(study.seeds) == k >= 2 and study.seeds[0] == 0
     assert study.epochs() == list(cfg.checkpoints)
     result = study.first
-    assert set(result.spectra) == {(e, kind) for e in cfg.checkpoints for kind in S.KINDS}
+    assert set(result.spectra) == {(e, kind) for e in cfg.checkpoints for kind in SA.KINDS}
     table = result.shift_table()
     assert len(table) == len(cfg.checkpoints) * 3
     assert set(table["regime"]) <= {"both", "outlier (gamma = 1)", "bulk edge (gamma = 1/2)", "neither"}
@@ -181,7 +182,7 @@ def test_run_spectra_on_the_smoke_profile_and_loads_from_the_store(tmp_path, dat
     tops = [net.shifts(last, "hessian", "top").attrs["empirical"] for net in study.networks]
     assert len(set(tops)) == k
     preds = result.prediction_table()
-    assert set(preds["model"]) == set(S.PREDICTIONS) and preds["closest"].sum() >= len(table)
+    assert set(preds["model"]) == set(SA.PREDICTIONS) and preds["closest"].sum() >= len(table)
     state = result.checkpoint_table()
     assert (state["mean max. softmax"] > 0.01).all() and (state["mean max. softmax"] <= 1).all()
 
@@ -195,7 +196,7 @@ def test_run_spectra_on_the_smoke_profile_and_loads_from_the_store(tmp_path, dat
     first = result.spectra[(last, "hessian")]
     np.testing.assert_array_equal(again.first.spectra[(last, "hessian")]["batch_values"], first["batch_values"])
     # the same data and seeds give the same words (the determinism the scoreboard promises)
-    for kind in S.KINDS:
+    for kind in SA.KINDS:
         assert again.verdict(kind) == study.verdict(kind)
         assert again.network_verdicts(kind) == study.network_verdicts(kind)
 
@@ -223,10 +224,10 @@ def _synthetic_spectrum(gamma, amplitude, *, empirical=5.0, draws=12, batch_size
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
 def test_pooled_exponent_recovers_a_shared_gamma_across_networks(gamma):
     spectra = [_synthetic_spectrum(gamma, a, seed=i) for i, a in enumerate((2.0, 2.5, 1.6))]
-    table, fit = S.pool_shift(spectra, "top", seed=0)
+    table, fit = SA.pool_shift(spectra, "top", seed=0)
     assert fit["gamma_low"] <= gamma <= fit["gamma_high"] and fit["gamma_high"] - fit["gamma_low"] < 0.15
     assert fit["networks"] == 3 and fit["unfitted"] == 0
-    per = [S.shift_statistics(sp, "top")["shift"].to_numpy() for sp in spectra]
+    per = [SA.shift_statistics(sp, "top")["shift"].to_numpy() for sp in spectra]
     np.testing.assert_allclose(table["shift"], np.mean(per, axis=0))
     assert list(table.columns[-3:]) == ["shift net 0", "shift net 1", "shift net 2"]
     assert table["draws"].tolist() == [36] * 5
@@ -235,11 +236,11 @@ def test_pooled_exponent_recovers_a_shared_gamma_across_networks(gamma):
 def test_pooled_interval_widens_when_networks_disagree():
     agree = [_synthetic_spectrum(0.75, 2.0, seed=i) for i in range(3)]
     disagree = [_synthetic_spectrum(g, 2.0, seed=i) for i, g in enumerate((0.4, 0.75, 1.1))]
-    _, narrow = S.pool_shift(agree, "top", seed=0)
-    _, wide = S.pool_shift(disagree, "top", seed=0)
+    _, narrow = SA.pool_shift(agree, "top", seed=0)
+    _, wide = SA.pool_shift(disagree, "top", seed=0)
     assert wide["gamma_high"] - wide["gamma_low"] > 2 * (narrow["gamma_high"] - narrow["gamma_low"])
     # within one network only the batch scatter enters: its interval is the narrowest
-    _, one = S.pool_shift(disagree[:1], "top", seed=0)
+    _, one = SA.pool_shift(disagree[:1], "top", seed=0)
     assert one["gamma_high"] - one["gamma_low"] < wide["gamma_high"] - wide["gamma_low"]
 
 
@@ -247,9 +248,9 @@ def test_pooled_evidence_of_a_study_flags_unresolved_ends():
     nets = []
     for i in range(2):
         sp = _synthetic_spectrum(1.0, 2.0, seed=i, flagged=(i == 0))
-        nets.append(S.SpectraResult(train=None, spectra={(1, "hessian"): sp, (2, "hessian"): sp}, noise={},
+        nets.append(SA.SpectraResult(train=None, spectra={(1, "hessian"): sp, (2, "hessian"): sp}, noise={},
                                     states={}, dim=3, n_data=256))
-    study = S.SpectraStudy(networks=nets, seeds=(0, 1))
+    study = SA.SpectraStudy(networks=nets, seeds=(0, 1))
     ev = study.pooled_evidence(2, "hessian", "top")
     assert ev.flagged_fraction == pytest.approx(0.5) and ev.resolved()
     assert (
@@ -260,5 +261,5 @@ def test_pooled_evidence_of_a_study_flags_unresolved_ends():
 
 def test_pool_shift_refuses_mismatched_grids():
     with pytest.raises(ValueError):
-        S.pool_shift([_synthetic_spectrum(1.0, 2.0), _synthetic_spectrum(1.0, 2.0, batch_sizes=(1, 2, 4, 8, 32))],
+        SA.pool_shift([_synthetic_spectrum(1.0, 2.0), _synthetic_spectrum(1.0, 2.0, batch_sizes=(1, 2, 4, 8, 32))],
                      "top")
