@@ -36,7 +36,8 @@ state, the history, the callbacks' states, the recipe and every RNG state (data 
 augmentation, torch's global generator, CUDA's), so ``resume=True`` continues an interrupted
 run exactly where its last checkpoint left it: on CPU the final weights equal an uninterrupted
 run's bit for bit. A checkpoint written under another recipe (any field of the
-:class:`~hessian_lib.profiles.TrainSizes` differs) is refused with :class:`CheckpointMismatch`.
+:class:`~hessian_lib.profiles.TrainSizes` differs) is refused with :class:`~hessian_lib.checkpoints.CheckpointMismatch`
+(the checkpoint machinery is in :mod:`hessian_lib.checkpoints`).
 
 Data parallel: under ``torch.distributed`` (started with ``torchrun``; see
 :func:`init_distributed`) each of the W processes takes its 1/W share of every global batch,
@@ -50,7 +51,6 @@ bf16 autocast (``mixed_precision``); evaluation and anything curvature-related s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -63,10 +63,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from hessian_lib.augment import apply_crop_flip, draw_crop_flip
+from hessian_lib.checkpoints import (
+    CheckpointMismatch,
+    _unwrap,
+    check_recipe,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_or_reset,
+    save_checkpoint,
+)
 from hessian_lib.data import normalize
 from hessian_lib.device import resolve_device
 from hessian_lib.profiles import TrainSizes
-from hessian_lib.store import atomic_torch_save
 
 __all__ = [
     "CheckpointMismatch",
@@ -193,12 +201,6 @@ def check_batch_size(batch_size: int, n_train: int, world_size: int = 1) -> None
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return (
-        model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
-    )
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
              device: str | torch.device | None = None, batch_size: int = 500,
@@ -235,43 +237,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     return totals[0].item() / count, totals[1].item() / count
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.pt"
-
-
-def latest_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path | None:
-    """The checkpoint of the latest epoch in ``checkpoint_dir``, or ``None``."""
-    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
-        return None
-    found = sorted(Path(checkpoint_dir).glob("epoch_*.pt"))
-    return found[-1] if found else None
-
-
-def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, map_location: Any = "cpu",
-                    cfg: TrainSizes | None = None) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit`; load its weights into ``model`` when given.
-
-    With ``cfg``, a checkpoint written under another recipe raises :class:`CheckpointMismatch`.
-
-    Keys: ``model`` (state dict), ``optimizer``, ``epoch``, ``step``, ``history``, ``rng``, ``callbacks``,
-    ``config`` (the recipe as a dict).
-    """
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if cfg is not None:
-        check_recipe(state, cfg, path)
-    if model is not None:
-        _unwrap(model).load_state_dict(state["model"])
-    return state
-
-
 # ----------------------------------------------------------------------------- the trainer's pieces
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint was written under another recipe than the one asked for."""
 
 
 class TrainCallback:
@@ -350,86 +316,6 @@ class _Run:
     epoch: int = 0
     step: int = 0
     result: FitResult = field(default_factory=FitResult)
-
-
-def _rng_state(run: _Run) -> dict[str, Any]:
-    return {
-        "order": run.order_gen.get_state(),
-        "augment": run.aug_gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any], run: _Run) -> None:
-    run.order_gen.set_state(state["order"])
-    run.aug_gen.set_state(state["augment"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_recipe(state: dict[str, Any], cfg: TrainSizes, path: str | os.PathLike) -> None:
-    """:class:`CheckpointMismatch` unless the checkpoint ``state`` was written under the recipe ``cfg``."""
-    saved = state.get("config") or {}
-    wanted = dataclasses.asdict(cfg)
-    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k, "<absent>") != wanted.get(k, "<absent>"))
-    if differ:
-        shown = ", ".join(f"{k}: {saved.get(k, '<absent>')!r} in the checkpoint, {wanted.get(k, '<absent>')!r} now"
-                          for k in differ[:6])
-        raise CheckpointMismatch(f"checkpoint {os.fspath(path)} was written by another training recipe ({shown}); "
-                                 "delete it or train from scratch (resume=False)")
-
-
-def restore_or_reset(run: _Run, checkpoint_dir: Path | None, resume: bool, main: bool = True) -> bool:
-    """Resume ``run`` from the latest checkpoint in ``checkpoint_dir`` or clear the folder for a fresh run.
-
-    Returns True when the restored run had already diverged (nothing left to do).
-    """
-    result = run.result
-    if checkpoint_dir is not None:
-        for path in sorted(checkpoint_dir.glob("epoch_*.pt")):
-            result.checkpoints[int(path.stem.split("_")[1])] = str(path)
-    last = latest_checkpoint(checkpoint_dir) if resume else None
-    if last is not None:
-        state = torch.load(last, map_location=run.device, weights_only=False)
-        check_recipe(state, run.cfg, last)
-        run.net.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], run)
-        for callback, cb_state in zip(run.callbacks, state.get("callbacks", [])):
-            callback.load_state_dict(cb_state)
-        run.epoch, run.step = int(state["epoch"]), int(state["step"])
-        result.history = list(state["history"])
-        result.resumed_from = run.epoch
-        if state.get("diverged"):
-            result.diverged, result.diverged_step, result.diverged_loss = (
-                True,
-                state["diverged_step"],
-                state["diverged_loss"],
-            )
-            return True
-    elif checkpoint_dir is not None and main:
-        for path in checkpoint_dir.glob("epoch_*.pt"):  # a fresh run replaces an old run's checkpoints
-            path.unlink()
-        result.checkpoints.clear()
-    return False
-
-
-def save_checkpoint(run: _Run, checkpoint_dir: Path | None, diverged: bool = False, main: bool = True) -> None:
-    """Write ``run``'s state at the end of its current epoch (atomically; rank 0 only)."""
-    if checkpoint_dir is None:
-        return
-    path = checkpoint_dir / _checkpoint_name(run.epoch)
-    if main:
-        atomic_torch_save({
-            "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "epoch": run.epoch, "step": run.step, "history": run.result.history, "rng": _rng_state(run),
-            "callbacks": [cb.state_dict() for cb in run.callbacks],
-            "config": dataclasses.asdict(run.cfg), "seed": run.seed, "diverged": diverged,
-            "diverged_step": run.result.diverged_step, "diverged_loss": run.result.diverged_loss,
-        }, path)
-    run.result.checkpoints[run.epoch] = str(path)
 
 
 def run_epoch(run: _Run, images: torch.Tensor, labels: torch.Tensor, *, steps_per_epoch: int, total_steps: int,

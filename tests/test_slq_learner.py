@@ -12,13 +12,14 @@ import pytest
 import torch
 from quadratics import LAM, MU, NEGATIVE, SLIGHT_NEGATIVE, Quadratic, measured_rate, quadratic, run_quadratic
 
+from hessian_lib.checkpoints import load_checkpoint
 from hessian_lib.curvature import HessianOperator, MatrixOperator
 from hessian_lib.data import load_cifar100, normalize, stratified_indices
 from hessian_lib.laws.learner import RULES, gd_rate, heavy_ball_rate
 from hessian_lib.models import build_model
 from hessian_lib.profiles import TrainSizes
 from hessian_lib.slq_learner import SLQLearner, refreshed_batchnorm
-from hessian_lib.trainer import fit, load_checkpoint
+from hessian_lib.trainer import fit
 
 # ----------------------------------------------------------------------------- the learner on quadratics
 

@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from hessian_lib.checkpoints import load_checkpoint
 from hessian_lib.data import load_cifar100, stratified_indices
 from hessian_lib.models import build_model
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
-from hessian_lib.trainer import check_batch_size, evaluate, fit, load_checkpoint, lr_factor, make_optimizer
+from hessian_lib.trainer import check_batch_size, evaluate, fit, lr_factor, make_optimizer
 
 TINY = TrainSizes(model="vgg16", width=0.0625, epochs=1, batch_size=50, lr=0.01, checkpoint_every=1)
 
@@ -145,7 +146,7 @@ def test_linear_schedule_decays_to_zero():
 
 
 def test_checkpoint_of_another_recipe_is_refused(subsets, tmp_path):
-    from hessian_lib.trainer import CheckpointMismatch
+    from hessian_lib.checkpoints import CheckpointMismatch
 
     train, _ = subsets
     cfg = dataclasses.replace(TINY, epochs=2, batch_size=100)

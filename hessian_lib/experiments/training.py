@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hessian_lib.checkpoints import load_checkpoint
 from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified_indices
 from hessian_lib.models import build_model, canonical_name
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
@@ -24,7 +25,6 @@ from hessian_lib.trainer import (
     derive_seed,
     fit,
     is_main_process,
-    load_checkpoint,
     resolve_device,
 )
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hessian_lib.curvature.noise import gradient_noise_scale, per_sample_gradients
-from hessian_lib.experiments import scaling
+from hessian_lib.experiments import bisection, scaling
 from hessian_lib.laws.brackets import Interval
 from hessian_lib.profiles import ProfileError, TrainSizes, load_profile
 from hessian_lib.store import ResultsStore
@@ -83,29 +83,31 @@ def test_bisection_finds_the_stability_limit_of_a_quadratic(momentum, offset):
     threshold = start * RATIO ** (5 + offset)  # the limit sits at a known place inside a lattice cell
     lambda_max = 2 * (1 + momentum) / threshold
     eig = _spectrum(lambda_max)
-    lattice = scaling.LrLattice(start=start, ratio=RATIO, rung=RUNG)
-    found = scaling.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j), momentum=momentum), start=0, rung=RUNG)
+    lattice = bisection.LrLattice(start=start, ratio=RATIO, rung=RUNG)
+    found = bisection.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j), momentum=momentum), start=0,
+                                    rung=RUNG)
     assert found.upper == found.lower + 1
     assert lattice.lr(found.lower) < threshold < lattice.lr(found.upper)
     assert len(found.tried) == len({j for j, _ in found.tried})  # no trial twice
 
 
 def test_bisection_ladders_down_and_reports_a_missing_end():
-    lattice = scaling.LrLattice(start=1.0, ratio=RATIO, rung=RUNG)
+    lattice = bisection.LrLattice(start=1.0, ratio=RATIO, rung=RUNG)
     eig = _spectrum(2 / 0.02)  # threshold 0.02, far below the start
-    found = scaling.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j)), start=0, rung=RUNG, max_ladder_steps=8)
+    found = bisection.bisect_max_lr(lambda j: quadratic_trial(eig, lattice.lr(j)), start=0, rung=RUNG,
+                                    max_ladder_steps=8)
     assert lattice.lr(found.lower) < 0.02 < lattice.lr(found.upper)
-    never = scaling.bisect_max_lr(lambda j: False, start=0, rung=RUNG, max_ladder_steps=3)
+    never = bisection.bisect_max_lr(lambda j: False, start=0, rung=RUNG, max_ladder_steps=3)
     assert never.upper is None and never.lower == 3 * RUNG and len(never.tried) == 4
     with pytest.raises(ValueError, match="power of two"):
-        scaling.bisect_max_lr(lambda j: False, rung=6)
+        bisection.bisect_max_lr(lambda j: False, rung=6)
 
 
 def test_sweep_over_batch_sizes_brackets_each_threshold():
     """A synthetic lr_max(B) = 2 / (lambda_1 + k/B): every bracket holds it, whatever the warm start."""
-    lattice = scaling.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
+    lattice = bisection.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
     truth = {b: 2 / (5.0 + 400.0 / b) for b in (8, 16, 32, 64, 128, 256)}
-    brackets = scaling.lr_sweep(lambda b, j: {"diverged": lattice.lr(j) > truth[b]}, list(truth), lattice)
+    brackets = bisection.lr_sweep(lambda b, j: {"diverged": lattice.lr(j) > truth[b]}, list(truth), lattice)
     for br in brackets:
         assert br.bracketed and br.lower < truth[br.batch_size] < br.upper
         assert br.upper / br.lower == pytest.approx(RATIO)
@@ -117,7 +119,7 @@ class _Interrupted(RuntimeError):
 
 
 def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path):
-    lattice = scaling.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
+    lattice = bisection.LrLattice(start=0.05, ratio=RATIO, rung=RUNG)
     eigen = {b: _spectrum(5.0 + 400.0 / b, seed=b) for b in (8, 32, 128)}
     calls = []
 
@@ -131,14 +133,14 @@ def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path):
             return store.cached({"b": b, "j": j}, compute)
         return run
 
-    whole = scaling.lr_sweep(make_trial(ResultsStore(tmp_path / "a")), list(eigen), lattice)
+    whole = bisection.lr_sweep(make_trial(ResultsStore(tmp_path / "a")), list(eigen), lattice)
     n_whole = len(calls)
     calls.clear()
     store = ResultsStore(tmp_path / "b")
     with pytest.raises(_Interrupted):
-        scaling.lr_sweep(make_trial(store, fail_after=n_whole // 2), list(eigen), lattice)
+        bisection.lr_sweep(make_trial(store, fail_after=n_whole // 2), list(eigen), lattice)
     assert len(calls) == n_whole // 2
-    resumed = scaling.lr_sweep(make_trial(store), list(eigen), lattice)
+    resumed = bisection.lr_sweep(make_trial(store), list(eigen), lattice)
     assert len(calls) == n_whole  # the finished trials were loaded, not run again
     assert [(b.batch_size, b.lower, b.upper) for b in resumed] == [(b.batch_size, b.lower, b.upper) for b in whole]
     assert [[t["index"] for t in b.trials] for b in resumed] == [[t["index"] for t in b.trials] for b in whole]
