@@ -32,8 +32,6 @@ from hessian_lib.verdicts._words import (
     combine_parts,
     weakest,
 )
-from hessian_lib.verdicts._words import _ends as _ends
-from hessian_lib.verdicts._words import _missing as _missing
 from hessian_lib.verdicts.learner import (
     CLAIM6_FLOOR_PP,
     CLAIM6_GAP_PP,
@@ -66,7 +64,6 @@ from hessian_lib.verdicts.mixture import (
     outlier_count,
     side_count,
 )
-from hessian_lib.verdicts.mixture import _median as _median
 from hessian_lib.verdicts.scaling import (
     CLAIM4_ALTERNATIVE,
     CLAIM4_SLOPE,
@@ -109,8 +106,6 @@ from hessian_lib.verdicts.store import (
     scoreboard,
     verdict_config,
 )
-from hessian_lib.verdicts.store import _chapter_link as _chapter_link
-from hessian_lib.verdicts.store import _plain as _plain
 from hessian_lib.verdicts.theory import (
     CLAIM2_TOLERANCE,
     CLAIM2_WINDOW,
@@ -119,8 +114,6 @@ from hessian_lib.verdicts.theory import (
     in_threshold_window,
 )
 
-# The private helpers imported above under their own names (_ends, _missing, _plain, _chapter_link, _median)
-# are not part of the interface; they stay reachable as attributes, as they were when this was one module.
 __all__ = [
     "AGREE",
     "CLAIM2_TOLERANCE",
