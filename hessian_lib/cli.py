@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from hessian_lib.profiles import ProfileError, load_profile, profile_names
+from hessian_lib.spectrum_command import add_spectrum_command
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     profiles = sub.add_parser("profiles", help="list the profiles")
     profiles.add_argument("-v", "--verbose", action="store_true", help="print every size")
     profiles.set_defaults(func=_cmd_profiles)
+    add_spectrum_command(sub)
     return parser
 
 
