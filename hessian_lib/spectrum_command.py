@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hessian_lib.curvature import BN_MODES, PATHS, GGNOperator, HessianOperator, slq_density, top_eigenvalues
+from hessian_lib.data import normalize
 from hessian_lib.device import resolve_device
 from hessian_lib.spectrum_inputs import (
     CIFAR_SOURCES,
@@ -190,10 +191,11 @@ def run_spectrum(args: argparse.Namespace) -> int:
                                 model_args=parse_model_args(args.model_arg))
     x, y, source = load_images(args.data, args.data_root)
     idx = pick_batch(len(y), args.batch_size, args.seed)
-    bn_mode = _check_network(model, x, y, args.bn_mode)
-    dtype = _DTYPES[args.dtype]
     if idx is not None:
         x, y = x[idx], y[idx]
+    x = normalize(x) if x.dtype == torch.uint8 else x  # the test-time transform of training
+    bn_mode = _check_network(model, x, y, args.bn_mode)
+    dtype = _DTYPES[args.dtype]
     model = model.to(device=device, dtype=dtype)
     x, y = x.to(device=device, dtype=dtype), y.to(device)
     data: Any = (x, y) if idx is not None else [(x[i:i + args.chunk_size], y[i:i + args.chunk_size])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessian_lib.data import DataError, load_cifar100, normalize
+from hessian_lib.data import DataError, load_cifar100
 
 __all__ = ["CIFAR_SOURCES", "SpectrumInputError", "load_images", "load_network", "parse_model_args", "pick_batch"]
 
@@ -195,24 +195,25 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_images(source: str, data_root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The images to measure on: float32 ``[N, C, H, W]``, labels int64 ``[N]``, and a description.
+    """The images to measure on: ``[N, C, H, W]``, labels int64 ``[N]``, and a description.
 
-    ``source``: ``cifar100-train`` / ``cifar100-test`` (from the data root, test-time transforms) or a
-    ``.npz`` file with ``images`` (uint8 ``[N, H, W, 3]`` RGB, normalised with the CIFAR-100 mean and
-    std as in training; or float ``[N, C, H, W]``, used as given) and ``labels`` (integers ``[N]``).
+    ``source``: ``cifar100-train`` / ``cifar100-test`` (from the data root) or a ``.npz`` file with
+    ``images`` (uint8 ``[N, H, W, 3]`` RGB, or float ``[N, C, H, W]``) and ``labels`` (integers ``[N]``).
+    uint8 images come back uint8 (CHW), for :func:`~hessian_lib.data.normalize` to apply the test-time
+    transform (the CIFAR-100 mean and std, as in training) to the images actually used; float ones as given.
     """
     if source in CIFAR_SOURCES:
         try:
             split = load_cifar100(CIFAR_SOURCES[source], data_root)
         except DataError as err:
             raise SpectrumInputError(str(err)) from err
-        return normalize(split.images), split.labels, f"CIFAR-100 {split.name} ({split.source})"
+        return split.images, split.labels, f"CIFAR-100 {split.name} ({split.source})"
     path = Path(source).expanduser()
     if path.suffix != ".npz":
         raise SpectrumInputError(f"--data must be {', '.join(CIFAR_SOURCES)} or a .npz file, got {source!r}")
     images, labels = _npz_arrays(path)
     if images.dtype == np.uint8:
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     else:
         x = torch.from_numpy(np.ascontiguousarray(images)).float()
     return x, torch.from_numpy(labels), str(path)
