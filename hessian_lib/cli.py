@@ -1,11 +1,11 @@
-"""Command line: ``python -m hessian_lib <command> ...``.
+"""Command line of hessian_lib: python -m hessian_lib COMMAND [options]; COMMAND --help for each.
 
 Commands:
-
-* ``book``     execute every chapter with papermill under a profile, then build the HTML book
-* ``profiles`` list the profiles and their sizes
-* ``train``    train the profile's network on its CIFAR-100 subset (results and checkpoints in --out)
-* ``sweep``    train over a grid of overrides, e.g. --grid train.lr=0.01,0.1 --grid train.batch_size=32,128
+  book      execute every chapter with papermill under a profile, then build the HTML book
+  profiles  list the profiles and their sizes
+  train     train the profile's network on its CIFAR-100 subset (results and checkpoints in --out)
+  sweep     train over a grid of overrides, e.g. --grid train.lr=0.01,0.1 --grid train.batch_size=32,128
+  spectrum  top eigenvalues or spectral density of a checkpoint's Hessian or Gauss-Newton matrix
 
 Every command validates its arguments (profile, overrides, data root, device)
 before any heavy work starts and exits with status 2 and a one-line reason.
@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from hessian_lib.profiles import ProfileError, load_profile, profile_names
+from hessian_lib.spectrum_command import add_spectrum_command
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +135,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+#: One example per command, shown at the end of its --help (plain text: argparse prints it as written).
+_EXAMPLES = {
+    None: "examples:\n  python -m hessian_lib profiles -v\n  python -m hessian_lib book --profile cpu\n"
+          "  python -m hessian_lib train --help",
+    "book": "example:\n  python -m hessian_lib book --profile smoke --chapter 01_theory --no-build",
+    "train": "example:\n  python -m hessian_lib train --profile cpu --set train.epochs=3 --out results",
+    "sweep": "example:\n  python -m hessian_lib sweep --profile cpu --grid train.lr=0.1,0.4,1.6 "
+             "--grid train.batch_size=64,256",
+    "profiles": "example:\n  python -m hessian_lib profiles --verbose",
+}
+
+
+def _plain_help(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """Give the main parser and every subcommand its example and a description printed as written."""
+    parser.epilog = _EXAMPLES[None]
+    for name, command in sub.choices.items():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        if command.description is None:
+            command.description = next(a.help for a in sub._choices_actions if a.dest == name) + "."
+        if command.epilog is None and name in _EXAMPLES:
+            command.epilog = _EXAMPLES[name]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hessian_lib`` and its subcommands."""
     parser = argparse.ArgumentParser(prog="python -m hessian_lib", description=__doc__,
@@ -165,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     profiles = sub.add_parser("profiles", help="list the profiles")
     profiles.add_argument("-v", "--verbose", action="store_true", help="print every size")
     profiles.set_defaults(func=_cmd_profiles)
+    add_spectrum_command(sub)
+    _plain_help(parser, sub)
     return parser
 
 

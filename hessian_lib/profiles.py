@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from hessian_lib.profile_imagenet32 import ImageNet32Sizes
 from hessian_lib.profile_sections import (
     DataSizes,
     LearnerSizes,
@@ -42,6 +43,7 @@ __all__ = [
     "LearnerSizes",
     "ScalingSizes",
     "MixtureSizes",
+    "ImageNet32Sizes",
     "PROFILES",
     "load_profile",
     "profile_names",
@@ -62,6 +64,7 @@ class Profile:
     learner: LearnerSizes = field(default_factory=LearnerSizes)
     scaling: ScalingSizes = field(default_factory=ScalingSizes)
     mixture: MixtureSizes = field(default_factory=MixtureSizes)
+    imagenet32: ImageNet32Sizes = field(default_factory=ImageNet32Sizes)
 
     def validate(self) -> "Profile":
         """Validate every section and the limits between sections (:class:`ProfileError` if not); return ``self``."""
@@ -208,6 +211,11 @@ PROFILES: dict[str, Profile] = {
                              batch_sizes=(8, 16, 32, 64, 128, 256, 512), lanczos_steps=100, ggn_steps=100,
                              shift_steps=100, min_draws=10,
                              max_draws=40, batch_images=100_000, chunk_size=1_024),
+        # The paper's Adam experiment: WRN-28-10, AdamW (decoupled weight decay 1e-3), 50 epochs on all of ImageNet
+        # 32x32, square-root scaled 1e-3 @ 128, 2e-3 @ 512, 2.8e-3 @ 1024, 4e-3 @ 2048, linear control 4e-3 @ 512.
+        imagenet32=ImageNet32Sizes(model="wideresnet28", widen_factor=10, epochs=50, optimizer="adamw",
+                                   weight_decay=1e-3, base_batch=128, base_lr=1e-3, batch_sizes=(128, 512, 1024, 2048),
+                                   lrs=(1e-3, 2e-3, 2.8e-3, 4e-3), control_batch=512, control_lr=4e-3),
     ),
     "smoke": Profile(
         name="smoke",
@@ -243,6 +251,9 @@ PROFILES: dict[str, Profile] = {
                              cnn_epochs=1, cnn_low_res_epochs=0, cnn_lr=0.0, dataset_size=48, batch_sizes=(4, 8, 16),
                              lanczos_steps=10, ggn_steps=6, shift_steps=5, min_draws=2, max_draws=2, batch_images=56,
                              chunk_size=48),
+        imagenet32=ImageNet32Sizes(width=0.125, widen_factor=2, epochs=1, batch_sizes=(8, 32), lrs=(2.5e-4, 5e-4),
+                                   base_batch=8, base_lr=2.5e-4, control_batch=32, control_lr=1e-3, train_images=64,
+                                   val_images=32),
     ),
 }
 
