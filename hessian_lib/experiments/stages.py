@@ -5,7 +5,8 @@ A stage is a call of a chapter's experiment code that caches its own parts in th
 record under :func:`stage_config`, so that whether a stage is done is one look-up, whatever its
 parts were (a sweep's trials depend on its earlier outcomes, so they cannot be listed beforehand).
 The chapters and :mod:`hessian_lib.plan` call the same stage functions, so the plan's keys are the
-keys a build writes.
+keys a build writes. A record hashes every size of the profile: after an override that a stage
+does not read, the stage runs again, loading its parts from the store.
 """
 
 from __future__ import annotations
