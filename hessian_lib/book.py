@@ -302,6 +302,31 @@ def build_html(staging: Path, html_dir: Path) -> Path:
     return html_dir
 
 
+def _check_stored(profile: Any, overrides: dict[str, Any], seed: int, chapters: Sequence[str], results: Path) -> None:
+    """BookError naming the first missing results of the plan of ``chapters`` and the command that computes them."""
+    from hessian_lib.plan import build_plan
+    from hessian_lib.shard import run_command
+    from hessian_lib.store import ResultsStore
+
+    store = ResultsStore(results)
+    missing = [job for job in build_plan(profile, seed=seed, chapters=chapters) if not store.has(job.config)]
+    if missing:
+        shown = "\n".join(f"  {j.chapter}: {j.name} ({j.key})" for j in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise BookError(f"{len(missing)} result(s) the chapters need are not in {results}:\n{shown}{more}\n"
+                        f"Compute them with: {run_command(profile.name, overrides, seed, str(results))}\n"
+                        f"(or add --compute-missing to compute them during the build)")
+
+
+def _where_computed(profile: Any, seed: int, results: Path) -> list[dict[str, Any]]:
+    from hessian_lib.plan import build_plan
+    from hessian_lib.store import ResultsStore
+
+    store = ResultsStore(results)
+    return [{"chapter": j.chapter, "experiment": j.name, "key": j.key, **(store.provenance(j.config) or {})}
+            for j in build_plan(profile, seed=seed)]
+
+
 def run_book(
     profile: str = "cpu",
     *,
@@ -314,6 +339,8 @@ def run_book(
     build: bool = True,
     cell_timeout: float | None = None,
     build_id: str | None = None,
+    results_dir: str | os.PathLike | None = None,
+    compute_missing: bool = False,
     log=None,
 ) -> Path | None:
     """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built).
@@ -321,6 +348,8 @@ def run_book(
     ``build_id`` is injected into every chapter; the verdicts they write and the scoreboard reads carry
     it. Default: a new :func:`new_build_id`, or, when only some ``chapters`` run again, the id of the staged
     build they join (:func:`build_identity`). The scoreboard runs again whenever any chapter does.
+    ``results_dir``: a results store computed elsewhere (``python -m hessian_lib run``) to render from; unless
+    ``compute_missing``, every result the chapters need must be in it (:class:`BookError` before any chapter runs).
     """
     log = log or (lambda message: print(message, flush=True))
     # 1. Cheap validation, before any chapter runs.
@@ -342,6 +371,9 @@ def run_book(
     settings = {"profile": resolved_profile.name, "overrides": {str(k): str(v) for k, v in (overrides or {}).items()},
                 "seed": seed}
     build_id = build_id or build_identity(staging, settings, partial)
+    results = Path(results_dir).resolve() if results_dir is not None else build_path / "results"
+    if results_dir is not None and not compute_missing:
+        _check_stored(resolved_profile, dict(overrides or {}), seed, selected, results)
 
     from hessian_lib.vendor import install_static_assets
 
@@ -358,7 +390,7 @@ def run_book(
         "seed": seed,
         "data_root": str(data_path),
         "device": str(resolved_device),
-        "results_dir": str(build_path / "results"),
+        "results_dir": str(results),
         "build_id": build_id,
         # Live (kernel-driven) widgets are for readers running the notebook; a build has no reader,
         # and nbclient can stall on their Output-widget traffic.
@@ -401,7 +433,7 @@ def run_book(
         staging, ABOUT_PAGE, root=root, profile=resolved_profile, overrides=dict(overrides or {}), seed=seed,
         device=str(resolved_device), data_root=data_path, build_id=build_id,
         timings={c: timings[c] for c in all_chapters if c in timings}, rerun=set(selected),
-        checksum_cache=build_path / "data-checksums.json",
+        checksum_cache=build_path / "data-checksums.json", results=_where_computed(resolved_profile, seed, results),
     )
     html = build_html(staging, build_path / "html")
     log(f"Built the HTML in {time.perf_counter() - start:.1f} s")

@@ -6,6 +6,8 @@ Commands:
   train     train the profile's network on its CIFAR-100 subset (results and checkpoints in --out)
   sweep     train over a grid of overrides, e.g. --grid train.lr=0.01,0.1 --grid train.batch_size=32,128
   spectrum  top eigenvalues or spectral density of a checkpoint's Hessian or Gauss-Newton matrix
+  plan      list every experiment a book build needs, with its store key, cost and status
+  run       compute one shard of the plan into a results folder (SLURM arrays, torchrun)
 
 Every command validates its arguments (profile, overrides, data root, device)
 before any heavy work starts and exits with status 2 and a one-line reason.
@@ -18,8 +20,21 @@ import json
 import sys
 from typing import Sequence
 
+from hessian_lib.cli_plan import add_plan_commands
 from hessian_lib.profiles import ProfileError, load_profile, profile_names
 from hessian_lib.spectrum_command import add_spectrum_command
+
+BOOK_HELP = """\
+Execute every chapter with papermill under a profile, then build the HTML book. The chapters cache
+their experiments in a results folder (default: <build-dir>/results). With --results, the book is
+rendered from a folder computed elsewhere ('plan' lists what it needs, 'run' computes it): nothing is
+computed, and a missing result stops the build before any chapter runs, naming it and the command
+that computes it.
+
+Examples:
+  python -m hessian_lib book --profile cpu
+  python -m hessian_lib book --profile paper --results /scratch/results
+"""
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +85,8 @@ def _cmd_book(args: argparse.Namespace) -> int:
         build_dir=args.build_dir,
         build=not args.no_build,
         cell_timeout=args.cell_timeout or None,
+        results_dir=args.results,
+        compute_missing=args.compute_missing,
     )
     if html is not None:
         print(f"The book is at {html / 'index.html'}")
@@ -164,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    book = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book")
+    book = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book",
+                          description=BOOK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(book)
     book.add_argument("--chapter", action="append", default=[],
                       help="run only this chapter (name like 01_theory; repeatable); the others keep their last run")
@@ -172,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
     book.add_argument("--cell-timeout", type=float, default=0,
                       help="fail a chapter whose cell runs longer than this many seconds (default 0: no limit)")
+    book.add_argument("--results", default=None,
+                      help="render from this results folder (computed by 'run'); a missing result fails at once")
+    book.add_argument("--compute-missing", action="store_true",
+                      help="with --results: compute what the folder lacks instead of failing")
     book.set_defaults(func=_cmd_book)
 
     train = sub.add_parser("train", help="train the profile's network on its CIFAR-100 subset")
@@ -185,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
                        help="values of one profile key to sweep (repeatable; the grid is their product)")
     sweep.set_defaults(func=_cmd_sweep)
+
+    add_plan_commands(sub)
 
     profiles = sub.add_parser("profiles", help="list the profiles")
     profiles.add_argument("-v", "--verbose", action="store_true", help="print every size")

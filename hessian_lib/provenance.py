@@ -15,7 +15,7 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -117,11 +117,29 @@ def _sizes(profile: Any, overrides: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def _where_computed(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not results:
+        return []
+    frame = pd.DataFrame([{"chapter": Path(r["chapter"]).name, "experiment": r["experiment"], "key": r["key"],
+                           "host": r.get("host", "-"), "device": r.get("device", "-"),
+                           "computed (UTC)": r.get("saved", "-")} for r in results])
+    return ["## Where the results were computed", "",
+            "Each experiment the chapters read from the results store, with the machine that computed it and when "
+            "its result was stored (`python -m hessian_lib plan` lists them; `run` computes them anywhere).", "",
+            table_directive(table_markdown(frame), "about-results",
+                            "The experiments of this build: host, device and time of each stored result "
+                            "(-: not stored, or stored before results recorded their provenance).") + "\n"]
+
+
 def write_about_page(staging: str | os.PathLike, page: str, *, root: str | os.PathLike, profile: Any,
                      overrides: Mapping[str, Any], seed: int, device: str, data_root: str | os.PathLike,
                      build_id: str, timings: Mapping[str, float], rerun: set[str],
-                     checksum_cache: str | os.PathLike | None = None) -> Path:
-    """Write ``<staging>/<page>.md`` and add it to the end of the staged ``_toc.yml``; return its path."""
+                     checksum_cache: str | os.PathLike | None = None,
+                     results: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """Write ``<staging>/<page>.md`` and add it to the end of the staged ``_toc.yml``; return its path.
+
+    ``results``: one mapping per planned experiment (``chapter``, ``experiment``, ``key`` and, when stored,
+    ``host``, ``device``, ``saved``: :meth:`~hessian_lib.store.ResultsStore.provenance`)."""
     staging = Path(staging)
     combined, sums = data_checksums(data_root, checksum_cache)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -154,6 +172,7 @@ def write_about_page(staging: str | os.PathLike, page: str, *, root: str | os.Pa
         "",
         _table([*times, ("all chapters", f"{total:.1f} s")], ("chapter", "execution time"),
                "Wall-clock time of each chapter (papermill, one kernel each).", "about-times"),
+        *_where_computed(results),
     ])
     out = staging / f"{page}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ config as canonical JSON, so the same config always finds the same folder.
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``),
 and ``result.json`` is written last: a result is either complete or absent, and an interrupted
-sweep keeps every finished point.
+sweep keeps every finished point. ``result.json`` also records where and when the result was
+computed (``provenance``: host, device, UTC time), which :meth:`ResultsStore.provenance` returns.
 
 >>> store = ResultsStore(tmp)                                  # doctest: +SKIP
 >>> out = store.cached({"kind": "demo", "n": 3}, lambda: {"mean": 1.5, "xs": np.arange(3)})  # doctest: +SKIP
@@ -22,7 +23,10 @@ import json
 import math
 import os
 import shutil
+import socket
+import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -119,6 +123,20 @@ def _restore_floats(obj: Any) -> Any:
     return obj
 
 
+def compute_device() -> str:
+    """The device this process computes on: the GPU's name once CUDA is in use, else the CPU and its cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def provenance_now() -> dict[str, str]:
+    """``{"host", "device", "saved"}`` of a result saved now by this process (``saved``: UTC, ISO 8601)."""
+    return {"host": socket.gethostname(), "device": compute_device(),
+            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 class ResultsStore:
     """A folder of results keyed by config hash. See the module docstring for the layout."""
 
@@ -157,7 +175,7 @@ class ResultsStore:
         elif (folder / ARRAYS_FILE).exists():
             (folder / ARRAYS_FILE).unlink()
         doc = {"key": config_key(config), "config": json.loads(canonical_json(config)),
-               "result": _clean_floats(json.loads(canonical_json(scalars)))}
+               "result": _clean_floats(json.loads(canonical_json(scalars))), "provenance": provenance_now()}
         atomic_write_bytes(folder / RESULT_FILE, json.dumps(doc, indent=1, sort_keys=True).encode())
         return folder
 
@@ -172,6 +190,13 @@ class ResultsStore:
             with np.load(folder / ARRAYS_FILE) as archive:
                 result.update({k: archive[k] for k in archive.files})
         return result
+
+    def provenance(self, config: Any) -> dict[str, str] | None:
+        """Where and when ``config``'s result was computed (:func:`provenance_now`); None if absent or not recorded."""
+        file = self.path(config) / RESULT_FILE
+        if not file.is_file():
+            return None
+        return json.loads(file.read_text()).get("provenance")
 
     def cached(
         self, config: Any, compute: Callable[[], Mapping[str, Any]], *, recompute: bool = False

@@ -47,6 +47,7 @@ from torch import nn
 
 from hessian_lib.curvature import HessianOperator
 from hessian_lib.data import CIFAR100Split, load_cifar100, normalize, stratified_indices
+from hessian_lib.experiments.stages import run_stage, stage_config
 from hessian_lib.experiments.training import CURVATURE_SEED, SUBSET_SEED, TRAINER_VERSION, model_from_profile
 from hessian_lib.models import count_parameters
 from hessian_lib.profiles import Profile, TrainSizes, load_profile
@@ -64,6 +65,7 @@ __all__ = [
     "default_workers",
     "learner_data",
     "method_label",
+    "first_runs",
     "run_config",
     "run_method",
     "run_recipe",
@@ -72,6 +74,8 @@ __all__ = [
 
 #: Changes whenever a run's behaviour changes for the same config, so no stale run is loaded.
 LEARNER_VERSION = 2
+#: The chapter whose stages (:mod:`~hessian_lib.experiments.stages`) this module runs.
+CHAPTER = "04_learner"
 #: The methods a study compares, in the order tables and figures show them.
 LEARNER_METHODS = ("polyak", "polyak_schedule", "gd", "sgd", "adam")
 #: Seed of the class-stratified validation split held out of the training images.
@@ -462,22 +466,31 @@ def run_study(profile: str | Profile, *, seed: int = 0, data_root: str | os.Path
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
-    plan = [(m, lr, s) for s in range(seed, seed + sizes.seeds)
-            for m, lr in [("polyak", None), ("polyak_schedule", None), ("gd", None),
-                          *[("sgd", v) for v in sizes.sgd_lrs], ("adam", None)]]
-    first = _run_plan(profile, plan, data_root=data_root, device=device, store=store, data=data, progress=progress,
-                      workers=workers, threads=threads)
+    first = _run_plan(profile, first_runs(profile, seed), data_root=data_root, device=device, store=store, data=data,
+                      progress=progress, workers=workers, threads=threads)
     data = first.data
     study = LearnerStudy(profile=profile, runs=first.runs, store=store, workers=first.workers)
     extra = [(m, lr, s) for s in range(seed + sizes.seeds, seed + sizes.paired_seeds)
              for m, lr in [("polyak", None), ("sgd", study.best_sgd_lr())]]
-    if extra:
-        second = _run_plan(profile, extra, data_root=data_root, device=device, store=store, data=data,
-                           progress=progress, workers=workers, threads=threads)
-        study.runs += second.runs
-        study.workers = max(study.workers, second.workers)
+
+    def paired() -> None:
+        if extra:
+            second = _run_plan(profile, extra, data_root=data_root, device=device, store=store, data=data,
+                               progress=progress, workers=workers, threads=threads)
+            study.runs += second.runs
+            study.workers = max(study.workers, second.workers)
+
+    run_stage(store, stage_config(CHAPTER, "paired seeds", profile, seed), paired)
     study.seconds = time.perf_counter() - start
     return study
+
+
+def first_runs(profile: Profile, seed: int = 0) -> list[tuple[str, float | None, int]]:
+    """``(method, lr, seed)`` of every run of the study's first ``learner.seeds`` seeds (the later, paired seeds
+    use the SGD rate these choose)."""
+    return [(m, lr, s) for s in range(seed, seed + profile.learner.seeds)
+            for m, lr in [("polyak", None), ("polyak_schedule", None), ("gd", None),
+                          *[("sgd", v) for v in profile.learner.sgd_lrs], ("adam", None)]]
 
 
 @dataclass

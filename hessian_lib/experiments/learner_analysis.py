@@ -31,16 +31,18 @@ from hessian_lib.experiments.learner import (
 )
 from hessian_lib.experiments.training import CURVATURE_SEED, model_from_profile
 from hessian_lib.laws.learner import extremes, gd_rate, heavy_ball_rate
-from hessian_lib.profiles import TrainSizes
+from hessian_lib.profiles import Profile, TrainSizes
 from hessian_lib.slq_learner import SLQLearner, refreshed_batchnorm
 from hessian_lib.trainer import resolve_device
 from hessian_lib.verdicts import Verdict, claim6_verdict, paired_interval
 
 __all__ = [
     "claim6",
+    "estimate_tradeoff_config",
     "estimate_tradeoff",
     "quadratic_demo",
     "subset_vs_batches",
+    "subset_vs_batches_config",
 ]
 
 
@@ -56,6 +58,22 @@ def _final_network(study: LearnerStudy, run: dict[str, Any], recipe: TrainSizes,
     return model.to(dev).eval()
 
 
+def subset_vs_batches_config(profile: Profile, run_key: str, method: str = "polyak") -> dict[str, Any]:
+    """The store config of :func:`subset_vs_batches` at the end of the run whose store key is ``run_key``."""
+    sizes = profile.learner
+    return {"experiment": "learner_subset_vs_batches", "version": LEARNER_VERSION, "run": run_key,
+            "batches": sizes.compare_batches, "lanczos_steps": sizes.lanczos_steps,
+            "batch_size": run_recipe(profile, method).batch_size}
+
+
+def estimate_tradeoff_config(profile: Profile, run_key: str) -> dict[str, Any]:
+    """The store config of :func:`estimate_tradeoff` at the end of the run whose store key is ``run_key``."""
+    sizes = profile.learner
+    return {"experiment": "learner_estimate_tradeoff", "version": LEARNER_VERSION, "run": run_key,
+            "steps": list(sizes.tradeoff_steps), "lanczos_steps": sizes.lanczos_steps,
+            "curvature_images": sizes.curvature_images}
+
+
 def subset_vs_batches(study: LearnerStudy, data: LearnerData, *, method: str = "polyak", seed: int | None = None,
                       device: str | torch.device | None = "cpu") -> pd.DataFrame:
     """lambda_max of the curvature subset against that of training batches, at the end of one learner run.
@@ -68,8 +86,7 @@ def subset_vs_batches(study: LearnerStudy, data: LearnerData, *, method: str = "
     Cached in the study's store.
     """
     sizes, seed, run, recipe = _end_of_run(study, method, seed)
-    config = {"experiment": "learner_subset_vs_batches", "version": LEARNER_VERSION, "run": run["key"],
-              "batches": sizes.compare_batches, "lanczos_steps": sizes.lanczos_steps, "batch_size": recipe.batch_size}
+    config = subset_vs_batches_config(study.profile, run["key"], method)
 
     def compute() -> dict[str, Any]:
         dev = resolve_device(device)
@@ -120,9 +137,7 @@ def estimate_tradeoff(study: LearnerStudy, data: LearnerData, *, method: str = "
     (the seconds are those of the run that computed it).
     """
     sizes, seed, run, recipe = _end_of_run(study, method, seed)
-    config = {"experiment": "learner_estimate_tradeoff", "version": LEARNER_VERSION, "run": run["key"],
-              "steps": list(sizes.tradeoff_steps), "lanczos_steps": sizes.lanczos_steps,
-              "curvature_images": sizes.curvature_images}
+    config = estimate_tradeoff_config(study.profile, run["key"])
 
     def compute() -> dict[str, Any]:
         dev = resolve_device(device)

@@ -20,13 +20,17 @@ import torch
 from hessian_lib import verdicts as V
 from hessian_lib.experiments.mixture import SIDES, natural_network, shift_record, synthetic_network, welch_interval
 from hessian_lib.experiments.spectra_analysis import fit_shift_exponent, pool_shift, shift_statistics
+from hessian_lib.experiments.stages import run_stage, stage_config
 from hessian_lib.experiments.theory import child_seed
 from hessian_lib.experiments.training import network_seeds
 from hessian_lib.mixture import GaussianMixture, make_mixture
 from hessian_lib.profiles import Profile, load_profile
 from hessian_lib.store import ResultsStore
 
-__all__ = ["MEASURE_KEYS", "MixtureStudy", "run_mixture"]
+__all__ = ["MEASURE_KEYS", "MixtureStudy", "mixture_step", "mixture_steps", "run_mixture", "step_name"]
+
+#: The chapter whose stages (:mod:`~hessian_lib.experiments.stages`) this module runs.
+CHAPTER = "05_mixture"
 
 #: The scalar measures compared by an interval, by record key: (label, tolerance, claim-8 measure).
 MEASURE_KEYS: dict[str, tuple[str, float, str]] = {
@@ -234,6 +238,37 @@ class MixtureStudy:
         return out
 
 
+def mixture_steps(profile: Profile) -> list[tuple[str | float, int]]:
+    """The study's steps in order, ``(what, k)``: network k of the natural side (``"network"``), of the synthetic
+    side (``"mixture"``), then of each separation of the sweep (a float)."""
+    ks = range(profile.networks.count)
+    return ([("network", k) for k in ks] + [("mixture", k) for k in ks]
+            + [(float(sep), k) for sep in profile.mixture.separations for k in ks])
+
+
+def step_name(what: str | float, k: int) -> str:
+    """A step's name: ``natural network 0``, ``perceptron 1``, ``separation 2.5, perceptron 0``."""
+    if what in SIDES:
+        return f"natural network {k}" if what == "network" else f"perceptron {k}"
+    return f"separation {float(what):g}, perceptron {k}"
+
+
+def mixture_step(profile: Profile, what: str | float, k: int, *, seed: int, data_root: Any, device: Any,
+                 store: ResultsStore) -> dict[str, Any]:
+    """Train (or load) and measure the network of step ``(what, k)`` of :func:`mixture_steps` (cached), then store
+    the stage's record under ``stage_config(CHAPTER, step_name(what, k), profile, seed)``."""
+    network_seed = network_seeds(seed, profile.networks.count)[k]
+
+    def compute() -> dict[str, Any]:
+        if what == "network":
+            return natural_network(profile, network_seed, data_root=data_root, device=device, store=store)
+        if what == "mixture":
+            return synthetic_network(profile, profile.mixture.separation, network_seed, seed=seed, store=store)
+        return synthetic_network(profile, float(what), network_seed, seed=seed, store=store, what="spectrum")
+
+    return run_stage(store, stage_config(CHAPTER, step_name(what, k), profile, seed), compute)
+
+
 def run_mixture(
     profile: str | Profile = "cpu",
     *,
@@ -254,8 +289,7 @@ def run_mixture(
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     s = profile.mixture
     seeds = network_seeds(seed, profile.networks.count)
-    steps = [("network", k) for k in range(len(seeds))] + [("mixture", k) for k in range(len(seeds))] + \
-        [(sep, k) for sep in s.separations for k in range(len(seeds))]
+    steps = mixture_steps(profile)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -264,14 +298,8 @@ def run_mixture(
     records: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     sweep: dict[float, list[dict[str, Any]]] = {float(sep): [] for sep in s.separations}
     for what, k in steps:
-        if what == "network":
-            records["network"].append(natural_network(profile, seeds[k], data_root=data_root, device=device,
-                                                      store=store))
-        elif what == "mixture":
-            records["mixture"].append(synthetic_network(profile, s.separation, seeds[k], seed=seed, store=store))
-        else:
-            sweep[float(what)].append(synthetic_network(profile, float(what), seeds[k], seed=seed, store=store,
-                                                        what="spectrum"))
+        record = mixture_step(profile, what, k, seed=seed, data_root=data_root, device=device, store=store)
+        (records[what] if what in SIDES else sweep[float(what)]).append(record)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -53,6 +53,7 @@ from hessian_lib.experiments.scaling_analysis import (
     ScalingJudgement,
     ScalingResult,
 )
+from hessian_lib.experiments.stages import run_stage, stage_config
 from hessian_lib.experiments.training import (
     curvature_inputs,
     load_subsets,
@@ -78,6 +79,8 @@ __all__ = [
     "curvature_prediction",
     "divergence_trial",
     "lr_sweep",
+    "network_stage",
+    "network_start",
     "noise_scale",
     "parity_runs",
     "run_scaling",
@@ -86,6 +89,8 @@ __all__ = [
 
 #: Changes whenever a trial, a prediction or a parity run would give another result for the same config.
 SCALING_VERSION = 2
+#: The chapter whose stages (:mod:`~hessian_lib.experiments.stages`) this module runs.
+CHAPTER = "03_scaling"
 #: Seeds of the class-stratified image draws (the same images for every run seed).
 TRIAL_SUBSET_SEED, PARITY_SUBSET_SEED, TEST_SUBSET_SEED = 2, 3, 4
 
@@ -489,6 +494,46 @@ def _long_sweeps(start: _Start, short: list[Bracket], sweep_seed: int, progress:
     return out
 
 
+def network_start(profile: Profile, k: int, *, seed: int, data_root: Any, device: Any,
+                  store: ResultsStore | None, quiet: bool = True) -> _Start:
+    """Network k's starting point (loaded on first use) for the base ``seed``."""
+    return _Start(profile, seed=network_seeds(seed, profile.networks.count)[k], data_root=data_root, device=device,
+                  store=store, quiet=quiet)
+
+
+def network_stage(start: _Start, k: int, seed: int, bar: Any = None
+                  ) -> tuple[dict[str, list[list[Bracket]]], list[Bracket], pd.DataFrame]:
+    """Network k's stage (``start``: its starting point, ``seed``: the base seed): every optimiser's sweeps, the
+    longer plain-SGD trials, the curvature prediction and the starting loss, each cached in the start's store, then
+    the stage's record under ``stage_config(CHAPTER, "network k", profile, seed)``."""
+    return run_stage(start.store, stage_config(CHAPTER, f"network {k}", start.profile, seed),
+                     lambda: _network_part(start, k, bar))
+
+
+def _network_part(start: _Start, k: int, bar: Any) -> tuple[dict[str, list[list[Bracket]]], list[Bracket], Any]:
+    profile, sizes, store, data_root = start.profile, start.profile.scaling, start.store, start.data_root
+    sweeps = {opt: [_sweep(start, opt, _seed(start.seed, "sweep", s), bar) for s in range(sizes.seeds)]
+              for opt in OPTIMIZERS}
+    long = _long_sweeps(start, sweeps["sgd"][0], _seed(start.seed, "sweep", 0), bar)
+    curvature_config = {"experiment": "scaling-prediction", "version": SCALING_VERSION, "start": start.config,
+                        "images": sizes.curvature_images, "batch_sizes": list(sizes.batch_sizes),
+                        "draws": sizes.curvature_draws, "lanczos_steps": sizes.lanczos_steps,
+                        "momentum": sizes.momentum, "label_smoothing": profile.train.label_smoothing,
+                        "weight_decay": profile.train.weight_decay, "seed": start.seed}
+
+    def predict() -> dict[str, Any]:
+        x, y = curvature_inputs(profile, data_root, "cpu", size=sizes.curvature_images)
+        frame = curvature_prediction(start.model, start.loss_fn(), x, y, sizes.batch_sizes,
+                                     draws=sizes.curvature_draws, lanczos_steps=sizes.lanczos_steps,
+                                     momentum=sizes.momentum, weight_decay=profile.train.weight_decay,
+                                     seed=start.seed)
+        return {"rows": frame.to_dict(orient="records")}
+
+    prediction = pd.DataFrame(_cached(store, curvature_config, predict)["rows"]).assign(network=k)
+    start.starting_loss()
+    return sweeps, long, prediction
+
+
 def run_scaling(
     profile: str | Profile = "cpu",
     *,
@@ -513,7 +558,8 @@ def run_scaling(
     if store is not None and not isinstance(store, ResultsStore):
         store = ResultsStore(store)
     seeds = network_seeds(seed, profile.networks.count)
-    starts = [_Start(profile, seed=s, data_root=data_root, device=device, store=store, quiet=quiet) for s in seeds]
+    starts = [network_start(profile, k, seed=seed, data_root=data_root, device=device, store=store, quiet=quiet)
+              for k in range(len(seeds))]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -521,40 +567,12 @@ def run_scaling(
         bar = tqdm(desc="scaling", unit="run")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    sweeps: dict[str, list[list[Bracket]]] = {opt: [] for opt in OPTIMIZERS}
-    sweep_networks: dict[str, list[int]] = {opt: [] for opt in OPTIMIZERS}
-    for opt in OPTIMIZERS:
-        for k, start in enumerate(starts):
-            for s in range(sizes.seeds):
-                sweeps[opt].append(_sweep(start, opt, _seed(start.seed, "sweep", s), bar))
-                sweep_networks[opt].append(k)
-    seconds["sweeps"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    long_sweeps = [_long_sweeps(start, sweeps["sgd"][sweep_networks["sgd"].index(k)], _seed(start.seed, "sweep", 0),
-                                bar) for k, start in enumerate(starts)]
-    seconds["long trials"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    frames = []
-    for k, start in enumerate(starts):
-        curvature_config = {"experiment": "scaling-prediction", "version": SCALING_VERSION, "start": start.config,
-                            "images": sizes.curvature_images, "batch_sizes": list(sizes.batch_sizes),
-                            "draws": sizes.curvature_draws, "lanczos_steps": sizes.lanczos_steps,
-                            "momentum": sizes.momentum, "label_smoothing": profile.train.label_smoothing,
-                            "weight_decay": profile.train.weight_decay, "seed": start.seed}
-
-        def predict(start: _Start = start) -> dict[str, Any]:
-            x, y = curvature_inputs(profile, data_root, "cpu", size=sizes.curvature_images)
-            frame = curvature_prediction(start.model, start.loss_fn(), x, y, sizes.batch_sizes,
-                                         draws=sizes.curvature_draws, lanczos_steps=sizes.lanczos_steps,
-                                         momentum=sizes.momentum, weight_decay=profile.train.weight_decay,
-                                         seed=start.seed)
-            return {"rows": frame.to_dict(orient="records")}
-
-        frames.append(pd.DataFrame(_cached(store, curvature_config, predict)["rows"]).assign(network=k))
-    prediction = pd.concat(frames, ignore_index=True)
-    seconds["prediction"] = time.perf_counter() - t0
+    parts = [network_stage(start, k, seed, bar) for k, start in enumerate(starts)]
+    sweeps = {opt: [sw for part in parts for sw in part[0][opt]] for opt in OPTIMIZERS}
+    sweep_networks = {opt: [k for k, part in enumerate(parts) for _ in part[0][opt]] for opt in OPTIMIZERS}
+    long_sweeps = [part[1] for part in parts]
+    prediction = pd.concat([part[2] for part in parts], ignore_index=True)
+    seconds["sweeps, long trials and predictions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     first = starts[0]
@@ -565,13 +583,11 @@ def run_scaling(
         x, y = curvature_inputs(profile, data_root, "cpu", size=sizes.noise_samples)
         return noise_scale(first.model, first.loss_fn(), x, y)
 
-    noise = _cached(store, noise_config, measure_noise)
-    seconds["noise"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     base_lrs = _parity_base(sizes, sweeps)
-    parity = parity_runs(starts, base_lrs, progress=bar)
-    seconds["parity"] = time.perf_counter() - t0
+    noise, parity = run_stage(store, stage_config(CHAPTER, "noise and parity", profile, seed),
+                              lambda: (_cached(store, noise_config, measure_noise),
+                                       parity_runs(starts, base_lrs, progress=bar)))
+    seconds["noise and parity"] = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     losses = [start.starting_loss() for start in starts]

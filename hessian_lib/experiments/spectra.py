@@ -46,6 +46,7 @@ from hessian_lib.experiments.spectra_analysis import (
     SpectraStudy,
     extreme_ritz,
 )
+from hessian_lib.experiments.stages import run_stage, stage_config
 from hessian_lib.experiments.theory import child_seed
 from hessian_lib.experiments.training import (
     TrainResult,
@@ -61,6 +62,7 @@ from hessian_lib.store import ResultsStore
 __all__ = [
     "BN_MODE",
     "dense_validation",
+    "network_stage",
     "network_state",
     "per_sample_noise_scale",
     "plan_draws",
@@ -70,6 +72,8 @@ __all__ = [
     "spectrum_at",
 ]
 
+#: The chapter whose stages (:mod:`~hessian_lib.experiments.stages`) this module runs.
+CHAPTER = "02_spectra"
 #: BatchNorm uses its running statistics in every product (see :func:`hessian_lib.curvature.batchnorm_mode`).
 BN_MODE = "eval"
 
@@ -380,6 +384,21 @@ def _network_spectra(profile: Profile, run: TrainResult, *, seed: int, data_root
                          n_data=int(any_spectrum["dataset_size"]))
 
 
+def network_stage(profile: Profile, k: int, *, seed: int, data_root: Any, device: Any, store: ResultsStore,
+                  run: TrainResult | None = None, data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  progress: bool = False) -> SpectraResult:
+    """Network k's stage of the chapter: every spectrum, noise estimate and state at its checkpoints (cached;
+    the stage's record under ``stage_config(CHAPTER, "network k", profile, seed)``). ``run``: its training
+    run (default: loaded from ``store``, trained if absent); ``data``: :func:`spectra_dataset`'s images."""
+    dev = resolve_device(device)
+    s = network_seeds(seed, profile.networks.count)[k]
+    run = run or train_experiment(profile, seed=s, data_root=data_root, device=dev, store=store, quiet=True)
+    x, y = data if data is not None else spectra_dataset(profile, data_root, dev)
+    return run_stage(store, stage_config(CHAPTER, f"network {k}", profile, seed),
+                     lambda: _network_spectra(profile, run, seed=s, data_root=data_root, dev=dev, store=store,
+                                              x=x, y=y, progress=progress))
+
+
 def run_spectra(
     profile: str | Profile = "cpu",
     *,
@@ -403,6 +422,6 @@ def run_spectra(
     runs = [train_experiment(profile, seed=s, data_root=data_root, device=dev, store=store, quiet=not progress)
             for s in seeds]
     x, y = spectra_dataset(profile, data_root, dev)
-    networks = [_network_spectra(profile, run, seed=s, data_root=data_root, dev=dev, store=store, x=x, y=y,
-                                 progress=progress) for s, run in zip(seeds, runs)]
+    networks = [network_stage(profile, k, seed=seed, data_root=data_root, device=dev, store=store, run=run,
+                              data=(x, y), progress=progress) for k, run in enumerate(runs)]
     return SpectraStudy(networks=networks, seeds=seeds, pool_seed=seed)
