@@ -41,17 +41,19 @@ def test_no_chunks_with_a_cache_or_batch_statistics(monkeypatch):
     assert len(list(lam._pieces())) == 1  # a callable may not be a sum over samples
 
 
-def test_equal_losses_share_the_path_chosen():
+def test_equal_losses_and_either_cache_share_the_path_chosen(eager_switch):
     assert loss_key(nn.CrossEntropyLoss()) == loss_key(nn.CrossEntropyLoss())
     assert loss_key(nn.CrossEntropyLoss()) != loss_key(nn.CrossEntropyLoss(label_smoothing=0.1))
     weighted = nn.CrossEntropyLoss(weight=torch.ones(4))
     assert loss_key(weighted) == id(weighted)
     model = cnn()
     x, y = make_data("cnn", n=16)
-    first = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), path="auto")
-    first.expect_products(100)
-    first.matvec(torch.randn(first.dim))
-    if first._chooser.decided:
-        again = HessianOperator(model, nn.CrossEntropyLoss(), (x, y))
-        again.matvec(torch.randn(again.dim))
-        assert again.path_in_use == first.path_in_use and "chosen earlier" in repr(again)
+    first = HessianOperator(model, nn.CrossEntropyLoss(), (x, y))
+    first.matvec(torch.randn(first.dim))  # the trial (no trace-cost estimate)
+    assert first._chooser.decided and first.path_timings
+    again = HessianOperator(model, nn.CrossEntropyLoss(), (x, y))
+    again.matvec(torch.randn(again.dim))
+    assert again.path_in_use == first.path_in_use and "chosen earlier" in repr(again)
+    bare = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), cache_bytes=0)  # one product: no trial
+    bare.matvec(torch.randn(bare.dim))
+    assert bare.path_in_use == first.path_in_use and bare.path_timings == {} and "with a cache" in repr(bare)
