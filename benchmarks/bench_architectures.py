@@ -228,7 +228,7 @@ def memory_phase(args: argparse.Namespace, rows: list) -> None:
     print(f"\n== memory: ReLU CNN, {len(y)} images in batches of {B} ({load()})")
     crit = nn.CrossEntropyLoss()
     HessianOperator(model, crit, batches, path="linearize").matvec(v)  # traces and allocator warm
-    g = gradient_seconds(model, batches)
+    g, default_chunk = gradient_seconds(model, batches), CurvatureOperator.least_memory_chunk
     for chunk in (B, B // 2, B // 4, B // 8):
         CurvatureOperator.least_memory_chunk = chunk
         HessianOperator(model, crit, batches, path="linearize", cache_bytes=0).matvec(v)  # this chunk's trace
@@ -238,7 +238,7 @@ def memory_phase(args: argparse.Namespace, rows: list) -> None:
             t = clock() - t
         print(f"  one product, cache_bytes=0, linearised path, chunks of {chunk}: peak +{mem.mib:.0f} MiB, "
               f"{t / g:.2f}x grad")
-    CurvatureOperator.least_memory_chunk = 128
+    CurvatureOperator.least_memory_chunk = default_chunk
     found: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         forget_linearizations()

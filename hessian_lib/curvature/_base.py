@@ -103,7 +103,7 @@ class CurvatureOperator:
     #: :meth:`matvec` takes blocks ``[k, P]`` (SLQ then runs its probes in lockstep).
     accepts_blocks: bool = True
     #: Samples per chunk of a batch with ``cache_bytes=0`` when the loss decomposes (:meth:`_pieces`).
-    least_memory_chunk: int = 128
+    least_memory_chunk: int = 64
 
     def __init__(
         self,
