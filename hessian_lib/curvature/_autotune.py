@@ -25,7 +25,9 @@ The paths (``path``, one of :data:`PATHS`):
   (relative difference at most ``1e4`` float epsilons) and keeps the faster (per product for kept batches,
   build plus product when nothing is kept); the block's other vectors go on the winner. The trace and the
   choice are remembered for the model, loss, BatchNorm mode and batch shape for the rest of the process, so
-  later operators on new batches of the same size start on the winner. Models and losses the tracer cannot
+  later operators on new batches of the same size start on the winner (an operator whose caller announced
+  nothing also on the winner of the other cache setting, ``cache_bytes=0`` or not, rather than run a trial).
+  Models and losses the tracer cannot
   handle (data-dependent control flow, inputs that are not tensors, ops without forward-mode derivatives such
   as ``HuberLoss``) stay on ``"graph"``. The same seed gives bit-identical products on one path and block
   mode (below); a switch changes them at the level of float rounding.
@@ -148,8 +150,9 @@ class PathChooser:
         first = 0.0 if "torch._dynamo" in sys.modules else self.first_trace_seconds
         return first + missing * rate * max(op._graph_nodes, 1)
 
-    def _path_key(self, op: Any, x: Any, y: Tensor) -> tuple[Any, ...]:
-        return ("path", op.cache_bytes > 0, self.cl if self.cl_fixed else None, *memo_key(op, x, y))
+    def _path_key(self, op: Any, x: Any, y: Tensor, kept: bool | None = None) -> tuple[Any, ...]:
+        kept = op.cache_bytes > 0 if kept is None else kept
+        return ("path", kept, self.cl if self.cl_fixed else None, *memo_key(op, x, y))
 
     def due(self, op: Any, batch: Any) -> bool:
         """Whether the auto path should run its trial on this product (first weighted batch)."""
@@ -160,6 +163,11 @@ class PathChooser:
             chosen = MEMO.recall(op.model, self._path_key(op, x, y))
             if chosen is not None:
                 self.adopt(op, *chosen, "chosen earlier in this process for this model and batch shape")
+                return False
+            other = MEMO.recall(op.model, self._path_key(op, x, y, kept=op.cache_bytes == 0))
+            if other is not None and not self.expected:  # a single product: no trial, the other cache's choice
+                self.adopt(op, *other, "chosen earlier in this process for this model and batch shape "
+                           f"{'without' if op.cache_bytes else 'with'} a cache")
                 return False
         cache = op._cache
         rebuild = sum(t for j, t in cache.build_seconds.items() if cache.get(j, ("",))[0] == "graph")

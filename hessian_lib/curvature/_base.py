@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from hessian_lib.curvature._autotune import PATHS, PathChooser
 from hessian_lib.curvature._cache import DEFAULT_CACHE_BYTES, StateCache, graph_walk
@@ -74,9 +75,11 @@ class CurvatureOperator:
             residuals or the first-order graph's saved activations), measured when built
             (:attr:`cache_nbytes`). Batches whose state fits are built once and reused by every later
             product; the rest are rebuilt each time and released tensor by tensor during their last product.
-            ``0`` asks for the least memory: nothing is kept, blocks are multiplied vector by vector and SLQ
-            runs its probes one after the other (:meth:`blocks_pay`). While the ``path="auto"`` trial runs,
-            the first batch is briefly held on two paths at once and the other batches are dropped.
+            ``0`` asks for the least memory: nothing is kept, blocks are multiplied vector by vector, SLQ
+            runs its probes one after the other (:meth:`blocks_pay`) and, when the loss is a sum over samples,
+            batches are multiplied in chunks of :attr:`least_memory_chunk` samples (:meth:`_pieces`).
+            While the ``path="auto"`` trial runs, the first batch is briefly held on two paths at once and
+            the other batches are dropped.
         path: ``"linearize"`` (forward-over-reverse, traced and split), ``"graph"`` (reverse-over-reverse
             through the kept first-order graph) or ``"auto"`` (default: a timed trial on the first batch keeps
             the faster); see :mod:`hessian_lib.curvature._autotune`. :attr:`path_in_use` and ``repr`` say which
@@ -99,6 +102,8 @@ class CurvatureOperator:
     needs_output_hessian: bool = False
     #: :meth:`matvec` takes blocks ``[k, P]`` (SLQ then runs its probes in lockstep).
     accepts_blocks: bool = True
+    #: Samples per chunk of a batch with ``cache_bytes=0`` when the loss decomposes (:meth:`_pieces`).
+    least_memory_chunk: int = 64
 
     def __init__(
         self,
@@ -271,15 +276,43 @@ class CurvatureOperator:
         return apply_linearized(self, state, vs, keep, batched)
 
     # ------------------------------------------------------------------ products
-    def _matmat(self, V: Tensor) -> Tensor:
-        k = V.shape[0]
-        vs = [self.unflatten(V[j]) for j in range(k)]
-        out = torch.zeros(k, self.dim, dtype=self.dtype, device=self.device)
-        first, weights = True, self.batch_weights
+    def _chunks_batches(self) -> bool:
+        """Whether products split each batch into chunks of :attr:`least_memory_chunk` samples: with
+        ``cache_bytes=0`` when the loss is a supported ``torch.nn`` loss (a sum over samples, weighted by
+        :meth:`LossInfo.batch_weight`) and no BatchNorm uses batch statistics (``bn_mode="train"``)."""
+        if self.cache_bytes != 0 or self.loss.family is None:
+            return False
+        return self.bn_mode == "eval" or not any(isinstance(m, _BatchNorm) for m in self.model.modules())
+
+    def _pieces(self) -> Iterator[tuple[int, Batch, float]]:
+        """``(index, batch, weight)`` of what a product multiplies on: each batch of nonzero weight, or, while
+        :meth:`_chunks_batches`, chunks of it (indexed in order). A chunk's curvature weighted by its
+        :math:`D_c` sums to the batch's weighted by :math:`D_b`, so the matrix is the same; one chunk's state
+        is held at a time, so the product's peak memory follows the chunk, not the batch."""
+        weights, chunked, m, j = self.batch_weights, self._chunks_batches(), self.least_memory_chunk, 0
         for i, batch in enumerate(self._data):
             c = weights[i] if i < len(weights) else self.loss.batch_weight(batch[1], batch_size(batch))
             if c == 0:
                 continue
+            x, y = batch[0], batch[1]
+            n = batch_size(batch)
+            if not (chunked and n > m and isinstance(x, Tensor) and isinstance(y, Tensor) and x.shape[0] == n):
+                yield (j if chunked else i), batch, c
+                j += 1
+                continue
+            for s in range(0, n, m):
+                part = (x[s : s + m], y[s : s + m])
+                cc = self.loss.batch_weight(part[1], batch_size(part))
+                if cc != 0:
+                    yield j, part, cc
+                    j += 1
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        k = V.shape[0]
+        vs = [self.unflatten(V[j]) for j in range(k)]
+        out = torch.zeros(k, self.dim, dtype=self.dtype, device=self.device)
+        first = True
+        for i, batch, c in self._pieces():
             start = time.perf_counter()
             if first and self._chooser.due(self, batch):
                 res = self._chooser.trial(self, i, batch, vs)

@@ -40,6 +40,7 @@ __all__ = [
     "layout",
     "linear_inputs",
     "linearization",
+    "loss_key",
     "memo_key",
     "model_tensors",
     "signature",
@@ -309,7 +310,7 @@ class Memo:
         return None if entry is None else entry[1]
 
     def remember(self, model: nn.Module, key: Any, value: Any, loss_fn: Any) -> None:
-        """Keep ``value`` for ``model`` under ``key`` (a key that holds ``id(loss_fn)``: the entry keeps the loss)."""
+        """Keep ``value`` for ``model`` under ``key`` (a key may hold ``id(loss_fn)``: the entry keeps the loss)."""
         memo = self._entries(model)
         if len(memo) >= self.limit:
             memo.pop(next(iter(memo)))
@@ -334,12 +335,28 @@ def model_tensors(op: Any) -> list[Tensor]:
     return [p.detach() for p in op.params] + [named[n].detach() for n in op._fixed_names]
 
 
+_MODULE_ATTRS = frozenset(vars(nn.Module()))
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def loss_key(loss_fn: Any) -> Any:
+    """What a trace depends on in the loss: for a ``torch.nn`` loss module that holds no tensor and no
+    submodule, its type and plain settings (``reduction``, ``ignore_index``, ``label_smoothing``, ...), so
+    that a new ``nn.CrossEntropyLoss()`` meets what an equal one left in :data:`MEMO`; else the loss's id."""
+    if isinstance(loss_fn, nn.Module) and not any(True for _ in loss_fn.parameters()):
+        if not any(b is not None for b in loss_fn.buffers()) and not any(True for _ in loss_fn.children()):
+            settings = {k: v for k, v in vars(loss_fn).items() if k not in _MODULE_ATTRS}
+            if all(isinstance(v, _PLAIN) for v in settings.values()):
+                return (type(loss_fn), tuple(sorted(settings.items())))
+    return id(loss_fn)
+
+
 def memo_key(op: Any, x: Any, y: Tensor) -> tuple[Any, ...]:
     """What a trace, a path chosen or a block mode remembered in :data:`MEMO` for ``op`` and this batch's
     shapes depends on."""
     return (
         type(op).__name__,
-        id(op.loss_fn),
+        loss_key(op.loss_fn),
         op.bn_mode,
         tuple(op.param_names),
         tuple(op._fixed_names),
