@@ -69,6 +69,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
         build_dir=args.build_dir,
         build=not args.no_build,
         cell_timeout=args.cell_timeout or None,
+        rerun=args.rerun,
     )
     if html is not None:
         print(f"The book is at {html / 'index.html'}")
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
     book.add_argument("--cell-timeout", type=float, default=0,
                       help="fail a chapter whose cell runs longer than this many seconds (default 0: no limit)")
+    book.add_argument("--rerun", action="store_true",
+                      help="execute every chapter again, even those whose notebook, parameters, library and "
+                           "stored results are unchanged since their last run (default: reuse those)")
     book.set_defaults(func=_cmd_book)
 
     train = sub.add_parser("train", help="train the profile's network on its CIFAR-100 subset")
