@@ -461,7 +461,7 @@ def run_book(
         tmp = timings_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(timings, indent=2))
         tmp.replace(timings_file)
-        log(f"[{i}/{len(selected)}] {chapter}: executed in {seconds:.1f} s")
+        log(f"[{i}/{len(selected)}] {chapter} done in {seconds:.1f} s")
     log(f"Executed {len(executed)} of {len(selected)} chapter(s) in {time.perf_counter() - total_start:.1f} s:")
     for chapter in all_chapters:
         if chapter in timings:
