@@ -385,7 +385,7 @@ def run_book(
     it. Default: the id of the staged build when its settings (profile, overrides, seed) are the same
     (:func:`build_identity`), else a new :func:`new_build_id`. A chapter whose last executed copy is still
     valid is reused (:mod:`hessian_lib.rebuild`), unless ``rerun``, which also starts a new build id. The
-    scoreboard runs again whenever any chapter does. A line per chapter says "executed", "prose updated" or
+    scoreboard runs again whenever any chapter does. A line per chapter says "executing", "prose updated" or
     "reused", and why.
     """
     log = log or (lambda message: print(message, flush=True))
