@@ -16,6 +16,11 @@
 4. Write the "About this build" page (:mod:`hessian_lib.provenance`), build the
    staging copy with Jupyter Book (it does not execute again) and copy the HTML
    to ``<build_dir>/html``.
+
+A chapter whose notebook, parameters, library source and the store entries it read are unchanged since
+its last executed copy is not executed again, and one whose prose alone changed gets the new prose around
+its previous outputs (:mod:`hessian_lib.rebuild`); ``rerun=True`` executes every chapter. The HTML step is
+skipped when no staged page changed.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from hessian_lib import rebuild
 from hessian_lib.data import check_data_root
 from hessian_lib.device import resolve_device
 from hessian_lib.profiles import load_profile
+from hessian_lib.rebuild import Decision
 
 __all__ = ["ChapterError", "BookError", "list_chapters", "execute_chapter", "run_book", "project_root",
-           "new_build_id", "build_identity"]
+           "new_build_id", "build_identity", "build_html_if_changed"]
 
 STATIC_DIR_NAME = "_vendor_static"
 #: Files at the repository root that the book build needs besides ``book/``.
@@ -49,6 +56,8 @@ ABOUT_PAGE = "book/about"
 SCOREBOARD = "book/scoreboard"
 #: In the staging folder: the identity of the build its executed notebooks belong to.
 BUILD_FILE = "build.json"
+#: In the staging folder: the digest of the staged pages the HTML was last built from.
+HTML_FILE = "html.json"
 
 
 def new_build_id() -> str:
@@ -203,13 +212,15 @@ def execute_chapter(
     progress_bar: bool = False,
     cell_timeout: float | None = None,
     on_cell: Callable[[int, int, int, float], None] | None = None,
+    keep_unnumbered: Path | None = None,
 ) -> float:
     """Run one chapter notebook with papermill into ``output``; return seconds taken.
 
     ``cell_timeout``: seconds any one cell may run (None: no limit). ``on_cell(index, k, n, seconds)`` is
     called as cell ``index`` (the k-th of n code cells) finishes. Afterwards the injected parameters are hidden and
-    the figures and tables shown with :mod:`hessian_lib.figures` numbered. Raises :class:`ChapterError` with the
-    chapter name, failing cell and error (a timeout included).
+    the figures and tables shown with :mod:`hessian_lib.figures` numbered (``keep_unnumbered``: where to keep a
+    copy from before the numbering). Raises :class:`ChapterError` with the chapter name, failing cell and error
+    (a timeout included).
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError
@@ -242,6 +253,8 @@ def execute_chapter(
     finally:
         if output.exists():
             _hide_injected_parameters(output)
+    if keep_unnumbered is not None:
+        shutil.copy2(output, keep_unnumbered)
     try:
         number_figures(str(output))
     except ValueError as err:
@@ -327,6 +340,55 @@ def _where_computed(profile: Any, seed: int, results: Path) -> list[dict[str, An
             for j in build_plan(profile, seed=seed)]
 
 
+def _bring_up_to_date(chapter: str, source: Path, output: Path, parameters: Mapping[str, Any], *, library: str,
+                      decision: Decision, cell_timeout: float | None, log: Callable[[str], None]) -> float | None:
+    """Execute, merge or reuse one chapter as ``decision`` says; return the seconds executed (None if not)."""
+    from hessian_lib.figures import number_figures
+
+    if decision.action == "reuse":
+        return None
+    if decision.action == "merge":
+        start = time.perf_counter()
+        rebuild.merge_prose(source, rebuild.unnumbered_path(output), output)
+        number_figures(str(output))
+        saved = rebuild.load_fingerprint(output) or {}
+        rebuild.write_fingerprint(output, source, parameters, library=library, entries=saved.get("entries", {}),
+                                  seconds=saved.get("seconds", 0.0))
+        log(f"    {_chapter_name(chapter)}: new prose around the earlier outputs, {time.perf_counter() - start:.1f} s")
+        return None
+    chapter_start = time.perf_counter()
+
+    def on_cell(index: int, k: int, n: int, seconds: float) -> None:
+        log(f"    {_chapter_name(chapter)}: cell {index} (code cell {k} of {n}) took {seconds:.1f} s, "
+            f"{time.perf_counter() - chapter_start:.0f} s so far")
+
+    rebuild.forget(output)
+    read_log = rebuild.start_read_log(output)
+    try:
+        seconds = execute_chapter(source, output, parameters, cell_timeout=cell_timeout, on_cell=on_cell,
+                                  keep_unnumbered=rebuild.unnumbered_path(output))
+    finally:
+        rebuild.stop_read_log()
+    rebuild.write_fingerprint(output, source, parameters, library=library,
+                              entries=rebuild.read_log_entries(read_log), seconds=seconds)
+    return seconds
+
+
+def build_html_if_changed(staging: Path, html_dir: Path, log: Callable[[str], None]) -> Path:
+    """:func:`build_html`, unless no staged page changed since the last HTML build and ``html_dir`` holds it."""
+    marker = staging / HTML_FILE
+    digest = rebuild.staging_digest(staging)
+    if (html_dir / "index.html").is_file() and marker.is_file() and marker.read_text() == digest:
+        log("HTML: no staged page changed since the last build; kept")
+        return html_dir
+    marker.unlink(missing_ok=True)
+    start = time.perf_counter()
+    build_html(staging, html_dir)
+    marker.write_text(digest)
+    log(f"Built the HTML in {time.perf_counter() - start:.1f} s")
+    return html_dir
+
+
 def run_book(
     profile: str = "cpu",
     *,
@@ -341,13 +403,17 @@ def run_book(
     build_id: str | None = None,
     results_dir: str | os.PathLike | None = None,
     compute_missing: bool = False,
+    rerun: bool = False,
     log=None,
 ) -> Path | None:
     """Execute the chapters under ``profile`` and build the book; return the HTML folder (None if not built).
 
     ``build_id`` is injected into every chapter; the verdicts they write and the scoreboard reads carry
-    it. Default: a new :func:`new_build_id`, or, when only some ``chapters`` run again, the id of the staged
-    build they join (:func:`build_identity`). The scoreboard runs again whenever any chapter does.
+    it. Default: the id of the staged build when its settings (profile, overrides, seed) are the same
+    (:func:`build_identity`), else a new :func:`new_build_id`. A chapter whose last executed copy is still
+    valid is reused (:mod:`hessian_lib.rebuild`), unless ``rerun``, which also starts a new build id. The
+    scoreboard runs again whenever any chapter does. A line per chapter says "executing", "prose updated" or
+    "reused", and why.
     ``results_dir``: a results store computed elsewhere (``python -m hessian_lib run``) to render from; unless
     ``compute_missing``, every result the chapters need must be in it (:class:`BookError` before any chapter runs).
     """
@@ -370,7 +436,7 @@ def run_book(
     staging = build_path / "staging"
     settings = {"profile": resolved_profile.name, "overrides": {str(k): str(v) for k, v in (overrides or {}).items()},
                 "seed": seed}
-    build_id = build_id or build_identity(staging, settings, partial)
+    build_id = build_id or (new_build_id() if rerun else build_identity(staging, settings, partial=True))
     results = Path(results_dir).resolve() if results_dir is not None else build_path / "results"
     if results_dir is not None and not compute_missing:
         _check_stored(resolved_profile, dict(overrides or {}), seed, selected, results)
@@ -379,8 +445,8 @@ def run_book(
 
     log(f"Profile {resolved_profile.name!r}: {resolved_profile.description}")
     log(f"Data root {data_path}; device {resolved_device}; seed {seed}; build {build_id}")
-    keep = set(all_chapters) - set(selected)
-    _stage_sources(root, staging, keep_notebooks=keep)
+    # Staged notebooks are only ever replaced by executing or merging their chapter.
+    _stage_sources(root, staging, keep_notebooks=set(all_chapters))
     install_static_assets(staging / STATIC_DIR_NAME, cache_dir=root / ".vendor")
     (staging / BUILD_FILE).write_text(json.dumps({"build_id": build_id, "settings": settings}, indent=2))
 
@@ -396,46 +462,57 @@ def run_book(
         # and nbclient can stall on their Output-widget traffic.
         "live_widgets": False,
     }
-    # 2. Execute.
+    # 2. Execute what changed.
+    library = rebuild.library_digest()
     timings: dict[str, float] = {}
     timings_file = staging / "timings.json"
     if timings_file.exists():
         timings.update(json.loads(timings_file.read_text()))
     total_start = time.perf_counter()
+    executed: list[str] = []
+    changed_pages = False
     for i, chapter in enumerate(selected, 1):
-        log(f"[{i}/{len(selected)}] {chapter} ...")
         source = root / f"{chapter}.ipynb"
         output = staging / f"{chapter}.ipynb"
-        chapter_start = time.perf_counter()
-
-        def on_cell(index: int, k: int, n: int, seconds: float, chapter=chapter, start=chapter_start) -> None:
-            log(f"    {_chapter_name(chapter)}: cell {index} (code cell {k} of {n}) took {seconds:.1f} s, "
-                f"{time.perf_counter() - start:.0f} s so far")
-
-        seconds = execute_chapter(source, output, parameters, cell_timeout=cell_timeout, on_cell=on_cell)
+        if rerun:
+            decision = rebuild.Decision("execute", "--rerun")
+        else:
+            decision = rebuild.decide(output, source, parameters, library=library)
+            if chapter == SCOREBOARD and executed and decision.action != "execute":
+                decision = rebuild.Decision("execute", "it reads the verdicts of "
+                                            + ", ".join(_chapter_name(c) for c in executed))
+        word = {"execute": "executing", "merge": "prose updated", "reuse": "reused"}[decision.action]
+        log(f"[{i}/{len(selected)}] {chapter}: {word} ({decision.reason})")
+        seconds = _bring_up_to_date(chapter, source, output, parameters, library=library, decision=decision,
+                                    cell_timeout=cell_timeout, log=log)
+        changed_pages = changed_pages or decision.action != "reuse"
+        if seconds is None:
+            continue
+        executed.append(chapter)
         timings[chapter] = round(seconds, 1)
         tmp = timings_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(timings, indent=2))
         tmp.replace(timings_file)
         log(f"[{i}/{len(selected)}] {chapter} done in {seconds:.1f} s")
-    log(f"Executed {len(selected)} chapter(s) in {time.perf_counter() - total_start:.1f} s:")
+    log(f"Executed {len(executed)} of {len(selected)} chapter(s) in {time.perf_counter() - total_start:.1f} s:")
     for chapter in all_chapters:
         if chapter in timings:
-            note = "" if chapter in selected else " (kept from an earlier run)"
+            note = "" if chapter in executed else " (kept from an earlier run)"
             log(f"    {_chapter_name(chapter):<24} {timings[chapter]:8.1f} s{note}")
     if not build:
         return None
     # 3. Build.
-    from hessian_lib.provenance import write_about_page
+    from hessian_lib.provenance import append_to_toc, write_about_page
 
-    start = time.perf_counter()
-    write_about_page(
-        staging, ABOUT_PAGE, root=root, profile=resolved_profile, overrides=dict(overrides or {}), seed=seed,
-        device=str(resolved_device), data_root=data_path, build_id=build_id,
-        timings={c: timings[c] for c in all_chapters if c in timings}, rerun=set(selected),
-        checksum_cache=build_path / "data-checksums.json", results=_where_computed(resolved_profile, seed, results),
-    )
-    html = build_html(staging, build_path / "html")
-    log(f"Built the HTML in {time.perf_counter() - start:.1f} s")
-    return html
-
+    about = staging / f"{ABOUT_PAGE}.md"
+    if changed_pages or not about.exists():
+        write_about_page(
+            staging, ABOUT_PAGE, root=root, profile=resolved_profile, overrides=dict(overrides or {}), seed=seed,
+            device=str(resolved_device), data_root=data_path, build_id=build_id,
+            timings={c: timings[c] for c in all_chapters if c in timings}, rerun=set(executed),
+            checksum_cache=build_path / "data-checksums.json",
+            results=_where_computed(resolved_profile, seed, results),
+        )
+    else:  # nothing changed: the page still describes the run that computed every figure
+        append_to_toc(staging / "_toc.yml", ABOUT_PAGE)
+    return build_html_if_changed(staging, build_path / "html", log)

@@ -87,6 +87,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
         cell_timeout=args.cell_timeout or None,
         results_dir=args.results,
         compute_missing=args.compute_missing,
+        rerun=args.rerun,
     )
     if html is not None:
         print(f"The book is at {html / 'index.html'}")
@@ -194,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="render from this results folder (computed by 'run'); a missing result fails at once")
     book.add_argument("--compute-missing", action="store_true",
                       help="with --results: compute what the folder lacks instead of failing")
+    book.add_argument("--rerun", action="store_true",
+                      help="execute every chapter again, even those whose notebook, parameters, library and "
+                           "stored results are unchanged since their last run (default: reuse those)")
     book.set_defaults(func=_cmd_book)
 
     train = sub.add_parser("train", help="train the profile's network on its CIFAR-100 subset")

@@ -22,7 +22,7 @@ import yaml
 
 from hessian_lib.figures import table_directive, table_markdown
 
-__all__ = ["data_checksums", "git_commit", "write_about_page"]
+__all__ = ["data_checksums", "git_commit", "write_about_page", "append_to_toc"]
 
 _CHUNK = 1 << 20
 
@@ -177,11 +177,12 @@ def write_about_page(staging: str | os.PathLike, page: str, *, root: str | os.Pa
     out = staging / f"{page}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    _append_to_toc(staging / "_toc.yml", page)
+    append_to_toc(staging / "_toc.yml", page)
     return out
 
 
-def _append_to_toc(toc_path: Path, page: str) -> None:
+def append_to_toc(toc_path: Path, page: str) -> None:
+    """Add ``page`` at the end of the staged table of contents (once)."""
     toc = yaml.safe_load(toc_path.read_text())
     holder = toc["parts"][-1] if "parts" in toc else toc
     chapters = holder.setdefault("chapters", [])

@@ -32,10 +32,20 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["ResultsStore", "config_key", "canonical_json", "atomic_write_bytes", "atomic_torch_save"]
+__all__ = ["ResultsStore", "config_key", "canonical_json", "atomic_write_bytes", "atomic_torch_save", "READ_LOG_ENV"]
 
 RESULT_FILE = "result.json"
 ARRAYS_FILE = "arrays.npz"
+#: When this environment variable names a file, every look-up (``has``, ``load``) appends the entry's folder to
+#: it, one per line: the book pipeline learns which entries a chapter read (:mod:`hessian_lib.rebuild`).
+READ_LOG_ENV = "HESSIAN_LIB_READ_LOG"
+
+
+def _note_lookup(folder: Path) -> None:
+    log = os.environ.get(READ_LOG_ENV)
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{folder.resolve()}\n")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -160,6 +170,7 @@ class ResultsStore:
 
     def has(self, config: Any) -> bool:
         """Whether a complete result for ``config`` is stored."""
+        _note_lookup(self.path(config))
         return (self.path(config) / RESULT_FILE).is_file()
 
     def save(self, config: Any, result: Mapping[str, Any]) -> Path:
@@ -182,6 +193,7 @@ class ResultsStore:
     def load(self, config: Any) -> dict[str, Any]:
         """The stored result of ``config`` (scalars and arrays in one dict); ``KeyError`` if absent."""
         folder = self.path(config)
+        _note_lookup(folder)
         if not (folder / RESULT_FILE).is_file():
             raise KeyError(f"no stored result for config key {config_key(config)} in {self.root}")
         doc = json.loads((folder / RESULT_FILE).read_text())

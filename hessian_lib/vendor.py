@@ -109,7 +109,12 @@ def install_static_assets(static_dir: str | Path, cache_dir: str | Path = ".vend
     """Copy the vendored JavaScript into ``static_dir/vendor`` (a Sphinx ``html_static_path``)."""
     source = ensure_vendor_assets(cache_dir)
     target = Path(static_dir) / "vendor"
+    # A copy of the same vendored release is left alone: an unchanged rebuild rewrites nothing.
+    stamp, copied = (source / ".complete").read_text(), Path(static_dir) / "vendor.stamp"
+    if target.is_dir() and copied.is_file() and copied.read_text() == stamp:
+        return target
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".complete"))
+    copied.write_text(stamp)
     return target

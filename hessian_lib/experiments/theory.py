@@ -8,11 +8,18 @@ function is a pure function of its arguments and seed; tables come back as
 :class:`pandas.DataFrame`. Dense eigensolves run with one BLAS thread
 (:func:`hessian_lib.blas.limit_blas_threads`): at these sizes threads gain little
 and, on shared cores, can cost an order of magnitude.
+
+Given ``store=`` (a :class:`~hessian_lib.store.ResultsStore` or its folder), the simulations
+(:func:`wigner_outlier_table`, :func:`bbp_sweep`, :func:`mp_outlier_table`, :func:`wigner_spectrum`,
+:func:`explorer_sample`) are kept there like every other experiment, keyed by their arguments and
+:data:`SIMULATION_VERSION`, and loaded on later calls.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import inspect
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +28,7 @@ import scipy.linalg
 from hessian_lib import verdicts
 from hessian_lib.blas import limit_blas_threads
 from hessian_lib.laws import rmt
+from hessian_lib.store import ResultsStore
 
 __all__ = [
     "child_seed",
@@ -32,7 +40,42 @@ __all__ = [
     "wigner_spectrum",
     "wishart_spectrum",
     "explorer_sample",
+    "SIMULATION_VERSION",
 ]
+
+#: Part of every stored simulation's key: raise it when a simulation's code changes what it returns.
+SIMULATION_VERSION = 1
+
+
+def _stored(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``store=None`` to a simulation: with a store, its result is loaded from there or computed and saved.
+
+    Tables are kept column by column (their order too), arrays as ``eigenvalues``, dicts as they are; what
+    comes back is always what the store loads, so a first and a later call give identical values.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, store: ResultsStore | str | None = None, **kwargs: Any) -> Any:
+        if store is None:
+            return fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        config = {"experiment": f"theory.{fn.__name__}", "version": SIMULATION_VERSION, **bound.arguments}
+        store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+
+        def compute() -> dict[str, Any]:
+            out = fn(*args, **kwargs)
+            if isinstance(out, pd.DataFrame):
+                return {"columns": list(out.columns), "table": out.to_dict("list")}
+            return {"eigenvalues": out} if isinstance(out, np.ndarray) else out
+
+        record = store.cached(config, compute)
+        if "table" in record:
+            return pd.DataFrame({c: record["table"][c] for c in record["columns"]})
+        return record["eigenvalues"] if set(record) == {"eigenvalues"} else record
+
+    return wrapper
 
 
 def child_seed(seed: int, *keys: int) -> int:
@@ -64,6 +107,7 @@ def _wigner_extremes_row(dim: int, spikes: Sequence[float], s: float, repeats: i
     }
 
 
+@_stored
 @limit_blas_threads(1)
 def wigner_outlier_table(
     dim: int,
@@ -93,6 +137,7 @@ def wigner_outlier_table(
     return table
 
 
+@_stored
 @limit_blas_threads(1)
 def bbp_sweep(
     dim: int,
@@ -120,6 +165,7 @@ def bbp_sweep(
     return pd.DataFrame(rows)
 
 
+@_stored
 @limit_blas_threads(1)
 def mp_outlier_table(
     dim: int,
@@ -156,6 +202,7 @@ def mp_outlier_table(
     return table
 
 
+@_stored
 @limit_blas_threads(1)
 def wigner_spectrum(dim: int, theta: float, s: float, *, seed: int) -> np.ndarray:
     """All eigenvalues [P] (ascending) of a spiked Wigner sample with one spike ``theta``."""
@@ -168,6 +215,7 @@ def wishart_spectrum(dim: int, batch_size: int, spike: float, sigma2: float, *, 
     return np.linalg.eigvalsh(rmt.sample_spiked_wishart(dim, batch_size, spike, sigma2, seed=seed))
 
 
+@_stored
 def explorer_sample(batch_size: int, theta: float, dim: int, s1: float, *, n_data: int, seed: int = 0) -> dict:
     r"""The matrices of one frame of the Theory chapter's explorer, sampled and diagonalised.
 

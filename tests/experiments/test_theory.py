@@ -38,3 +38,22 @@ def test_child_seeds_are_distinct_and_stable():
     seeds = {theory.child_seed(0, i, r) for i in range(5) for r in range(5)}
     assert len(seeds) == 25
     assert theory.child_seed(3, 1, 2) == theory.child_seed(3, 1, 2)
+
+
+def test_simulations_are_kept_in_the_store_and_loaded_unchanged(tmp_path):
+    import pandas as pd
+
+    from hessian_lib.store import ResultsStore
+
+    plain = theory.mp_outlier_table(40, [8, 80], repeats=2, seed=3)
+    first = theory.mp_outlier_table(40, [8, 80], repeats=2, seed=3, store=tmp_path)
+    assert len(list(ResultsStore(tmp_path).entries())) == 1
+    again = theory.mp_outlier_table(40, [8, 80], repeats=2, seed=3, store=tmp_path)
+    pd.testing.assert_frame_equal(plain, first)
+    pd.testing.assert_frame_equal(first, again)  # column order, dtypes and NaN included
+    sample = theory.explorer_sample(4, 1.0, 30, 4.0, n_data=100, store=tmp_path)
+    assert np.array_equal(sample["wigner_eigenvalues"],
+                          theory.explorer_sample(4, 1.0, 30, 4.0, n_data=100)["wigner_eigenvalues"])
+    assert len(list(ResultsStore(tmp_path).entries())) == 2
+    theory.mp_outlier_table(40, [8, 80], repeats=2, seed=4, store=tmp_path)  # another seed: another entry
+    assert len(list(ResultsStore(tmp_path).entries())) == 3
