@@ -39,8 +39,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from step_profile import phase_table  # beside this script
 
 from hessian_lib.data import CIFAR100_MEAN, CIFAR100_STD, load_cifar100
+from hessian_lib.device import bf16_native
 from hessian_lib.experiments import model_from_profile, train_experiment
 from hessian_lib.models import count_parameters
 from hessian_lib.profiles import TrainSizes, load_profile
@@ -49,11 +51,22 @@ from hessian_lib.trainer import derive_seed, fit, make_optimizer, resolve_device
 THRESHOLDS = (0.30, 0.40, 0.48)
 
 
-def networks(profile_name: str) -> dict[str, TrainSizes]:
-    """The recipes benchmarked: the profile's own, and VGG-16-BN at width 1/4 with the same optimiser."""
+def networks(profile_name: str, device: torch.device) -> dict[str, TrainSizes]:
+    """The recipes benchmarked: the profile's own, and VGG-16-BN at width 1/4 with the same optimiser; each
+    again in float32 where the recipe trains under bf16 autocast (the cost of a device without native bf16)."""
     recipe = load_profile(profile_name).train
     vgg = dataclasses.replace(recipe, model="vgg16_bn", width=0.25, depth=0, dropout=0.0)
-    return {f"{recipe.model} (profile)": recipe, "vgg16_bn width 1/4": vgg}
+    out = {}
+    for name, net in ((f"{recipe.model} (profile)", recipe), ("vgg16_bn width 1/4", vgg)):
+        out[f"{name}, {precision(net, device)}"] = net
+        if net.mixed_precision and bf16_native(device):
+            out[f"{name}, float32"] = dataclasses.replace(net, mixed_precision=False)
+    return out
+
+
+def precision(recipe: TrainSizes, device: torch.device) -> str:
+    """What the trainer runs ``recipe`` in on ``device``: ``bf16 autocast`` or ``float32``."""
+    return "bf16 autocast" if recipe.mixed_precision and bf16_native(device) else "float32"
 
 
 def _timed(step, steps: int, warmup: int, sync) -> float:
@@ -92,7 +105,7 @@ def ours(recipe: TrainSizes, images, labels, steps: int, warmup: int, device: to
 
 def step_alone(recipe: TrainSizes, steps: int, warmup: int, device: torch.device) -> float:
     """Images per second of the training step alone (no data pipeline): one fixed normalised batch, the
-    model in channels_last (and bf16 autocast on CUDA, as the trainer), the same loss and optimiser.
+    model in channels_last (and bf16 autocast where the trainer uses it), the same loss and optimiser.
     The ceiling any data pipeline can approach."""
     torch.manual_seed(derive_seed(0, "init"))
     model = model_from_profile(recipe).to(device, memory_format=torch.channels_last)
@@ -101,11 +114,11 @@ def step_alone(recipe: TrainSizes, steps: int, warmup: int, device: torch.device
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(recipe.batch_size, 3, 32, 32, generator=gen).to(device, memory_format=torch.channels_last)
     y = torch.randint(0, 100, (recipe.batch_size,), generator=gen).to(device)
-    autocast = device.type == "cuda" and recipe.mixed_precision
+    autocast = precision(recipe, device) != "float32"
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -131,7 +144,8 @@ class TorchvisionStyleCIFAR(torch.utils.data.Dataset):
 
 def baseline(recipe: TrainSizes, images, labels, steps: int, warmup: int, device: torch.device,
              workers: int) -> float:
-    """Images per second of a plain torchvision + DataLoader loop with the same augmentation and optimiser."""
+    """Images per second of a plain torchvision + DataLoader loop with the same augmentation, optimiser and
+    precision (bf16 autocast where ours uses it: the ratio is then the data pipeline's and bookkeeping's)."""
     import torchvision.transforms as T
 
     n = recipe.batch_size * (steps + warmup + 1)
@@ -146,11 +160,14 @@ def baseline(recipe: TrainSizes, images, labels, steps: int, warmup: int, device
     optimizer = make_optimizer(model.parameters(), recipe)
     model.train()
     batches = iter(loader)
+    autocast = precision(recipe, device) != "float32"
 
     def step():
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -200,12 +217,13 @@ def main(argv=None) -> int:
     else:
         train = load_cifar100("train", args.data_root)
     if device.type == "cuda":
-        where = f"{torch.cuda.get_device_name(device)}, bf16 autocast, channels_last"
+        where = f"{torch.cuda.get_device_name(device)}, channels_last"
     else:
-        where = f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads, float32"
+        where = (f"CPU ({platform.processor() or platform.machine()}, native bf16: "
+                 f"{'yes' if bf16_native(device) else 'no'}), torch threads: {torch.get_num_threads()}")
     load_before = os.getloadavg()[0]
     rows = []
-    for name, recipe in networks(args.profile).items():
+    for name, recipe in networks(args.profile, device).items():
         torch.manual_seed(0)
         params = count_parameters(model_from_profile(recipe))
         ours_ips = ours(recipe, train.images, train.labels, steps, args.warmup, device)
@@ -217,6 +235,7 @@ def main(argv=None) -> int:
         print(f"{name:22s} {params:>10,d} params  B={recipe.batch_size}  ours {ours_ips:7.0f} img/s  "
               f"baseline {shown}  ratio {ours_ips / best:.2f}x  step alone {alone:.0f} img/s "
               f"({alone / best:.2f}x the best baseline)", flush=True)
+    phases = phase_table(load_profile(args.profile).train) if device.type == "cpu" else None
     accuracy = None if args.skip_accuracy else time_to_accuracy(args.profile, args.data_root, device)
     load_after = os.getloadavg()[0]
 
@@ -242,6 +261,10 @@ def main(argv=None) -> int:
     lines += ["", "*Step alone*: the training step on one fixed batch, without any data pipeline: the ceiling of "
               "every loader, ours included. Where it is below 1.5x the best baseline, no data pipeline can be 1.5x "
               "faster than the baseline with this network on this device."]
+    if phases is not None:
+        lines += ["", "One step of the profile's network, phase by phase (`benchmarks/step_profile.py`: data = gather, "
+                  "crop + flip, normalise; loss includes the statistics read back for the divergence check; in "
+                  "brackets the share of the step):", "", *phases]
     if accuracy is not None:
         lines += ["", f"Time to accuracy, the {args.profile} profile's recipe (full 10,000-image test set at every "
                   "epoch boundary; cumulative training time, evaluation excluded):", "",

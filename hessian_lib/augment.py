@@ -32,6 +32,8 @@ def apply_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Te
 
     The crops are ``size`` x ``size`` (default: the input's H x W), so ``padding=0, size=24`` with
     offsets in ``0..8`` takes random 24-pixel crops of 32-pixel images: [N, C, size, size].
+    One :func:`torch.gather` per batch through a flat index in (image, row, column, channel) order,
+    so the result comes out in channels_last memory layout (what the trainer's convolutions want).
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {list(images.shape)}")
@@ -42,15 +44,17 @@ def apply_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Te
         h = w = size
     dev = images.device
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
+    ph, pw = padded.shape[-2:]
     offsets = offsets.to(dev)
     flips = flips.to(dev)
     ar_h = torch.arange(h, device=dev)
     ar_w = torch.arange(w, device=dev)
     rows = offsets[:, 0:1] + ar_h                                        # [N, H]
     cols = offsets[:, 1:2] + torch.where(flips[:, None], w - 1 - ar_w, ar_w)  # [N, W]
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    chan = torch.arange(c, device=dev) * (ph * pw)                       # [C]
+    flat = (rows[:, :, None, None] * pw + cols[:, None, :, None]) + chan  # [N, H, W, C]
+    out = torch.gather(padded.reshape(n, -1), 1, flat.reshape(n, -1))
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

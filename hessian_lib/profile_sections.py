@@ -111,7 +111,8 @@ class TrainSizes:
     ``checkpoint_every``: epochs between checkpoints (the last epoch is always kept).
     ``divergence_loss``: a training loss above it (or NaN/inf) stops the run as diverged.
     ``augment``: random crop (4-pixel padding) + horizontal flip on the training images.
-    ``mixed_precision``: bf16 autocast for training on CUDA (curvature stays float32).
+    ``mixed_precision``: bf16 autocast for training where the device has native bf16 (CUDA; CPUs with
+    AVX512-BF16 or AMX), float32 elsewhere (also the per-epoch test evaluation's; curvature stays float32).
     ``channels_last``: NHWC tensors in training (faster convolutions). ``eval_flip``: test accuracy
     averages the logits of each image and its mirror image. ``low_res_epochs``: progressive
     resizing: the first epochs train on random ``low_res_size``-pixel crops (and flips) of the

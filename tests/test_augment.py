@@ -69,3 +69,8 @@ def test_sized_crops_take_the_given_window():
     assert torch.equal(out[1, 0], images[1, 0, 8:32, 3:27].flip(-1))
     with pytest.raises(ValueError, match="does not fit"):
         apply_crop_flip(images, offsets, flips, padding=0, size=40)
+
+
+def test_crops_come_out_in_channels_last_layout():
+    out = random_crop_flip(_images(4), torch.Generator().manual_seed(0))
+    assert out.is_contiguous(memory_format=torch.channels_last)

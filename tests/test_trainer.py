@@ -235,3 +235,37 @@ def test_low_res_epochs_train_on_smaller_crops(subsets):
     cfg = dataclasses.replace(TINY, model="fastcnn", epochs=2, batch_size=100, low_res_epochs=1, low_res_size=20)
     fit(model, train, cfg, seed=0, device="cpu", quiet=True)
     assert sizes == [(20, 20)] * 3 + [(32, 32)] * 3
+
+
+@pytest.mark.parametrize("flags, mixed, expected", [({"amx_bf16"}, True, True), ({"avx512_bf16"}, False, False),
+                                                    (set(), True, False)])
+def test_mixed_precision_autocasts_the_forward_only_where_bf16_is_native(subsets, monkeypatch, flags, mixed,
+                                                                          expected):
+    """bf16 autocast covers the forward passes of training and of the per-epoch evaluation (not the callbacks,
+    where curvature is computed), and only on a CPU with native bf16; without it the run warns, trains float32."""
+    from hessian_lib import device as device_mod
+    from hessian_lib.trainer import TrainCallback
+
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: frozenset(flags))
+    device_mod.bf16_native.cache_clear()
+    train, test = subsets
+    seen: dict[str, list[bool]] = {"forward": [], "callback": []}
+
+    class Probe(TrainCallback):
+        def on_step_start(self, step, model, optimizer):
+            seen["callback"].append(torch.is_autocast_enabled("cpu"))
+
+    torch.manual_seed(0)
+    model = build_model("fastcnn", width=0.25)
+    model.register_forward_pre_hook(lambda module, args: seen["forward"].append(torch.is_autocast_enabled("cpu")))
+    cfg = dataclasses.replace(TINY, model="fastcnn", batch_size=100, mixed_precision=mixed)
+    try:
+        if mixed and not expected:
+            with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+                fit(model, train, cfg, test=test, seed=0, device="cpu", quiet=True, callbacks=[Probe()])
+        else:
+            fit(model, train, cfg, test=test, seed=0, device="cpu", quiet=True, callbacks=[Probe()])
+    finally:
+        device_mod.bf16_native.cache_clear()
+    assert seen["forward"] == [expected] * 4  # 3 steps, then the evaluation
+    assert seen["callback"] == [False] * 3

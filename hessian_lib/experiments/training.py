@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: Changes whenever the trainer's behaviour changes for the same recipe, so no stale run is loaded.
-TRAINER_VERSION = 2
+TRAINER_VERSION = 3
 #: Seed of the subset draws: the same images for every training seed.
 SUBSET_SEED = 0
 #: Seed of the curvature subset (drawn from the training subset, independently of it).
