@@ -70,8 +70,9 @@ def test_short_run_lowers_the_loss(subsets):
     torch.manual_seed(0)
     model = build_model("vgg16_bn", width=0.0625, dropout=0.0)
     before, _ = evaluate(model, train.images, train.labels)
+    # float32: at this width (4 to 32 channels) bf16 rounding can outweigh 36 steps' progress.
     cfg = dataclasses.replace(TINY, model="vgg16_bn", epochs=6, batch_size=25, lr=0.05, schedule="constant",
-                              augment=False)
+                              augment=False, mixed_precision=False)
     result = fit(model, train, cfg, test=test, seed=0, device="cpu", quiet=True)
     after, _ = evaluate(model, train.images, train.labels)
     assert not result.diverged and len(result.history) == 6 and result.steps == 36
