@@ -130,9 +130,9 @@ def estimate_tradeoff(study: LearnerStudy, data: LearnerData, *, method: str = "
                       device: str | torch.device | None = "cpu") -> pd.DataFrame:
     """What an estimate costs and what it gives, at the end of one learner run.
 
-    For each Lanczos step count of ``learner.tradeoff_steps`` on the curvature subset of M images, and
-    for ``learner.lanczos_steps`` steps on M/2 and 2M images: the wall time of one estimate as the
-    learner takes it (BatchNorm refresh, a fresh operator, Lanczos), its ``lambda_max``, ``mu`` and
+    For each Lanczos step count of ``learner.tradeoff_steps`` (and ``learner.lanczos_steps``) on the curvature
+    subset of M images, and for ``learner.lanczos_steps`` steps on M/2 and 2M images: the wall time of one
+    estimate as the learner takes it (BatchNorm refresh, a fresh operator, Lanczos), its ``lambda_max``, ``mu`` and
     learning rate, and the rate's relative change from the most expensive row. Cached in the study's store
     (the seconds are those of the run that computed it).
     """
@@ -144,7 +144,7 @@ def estimate_tradeoff(study: LearnerStudy, data: LearnerData, *, method: str = "
         model = _final_network(study, run, recipe, dev)
         train_y = data.train.labels
         m = sizes.curvature_images
-        settings = [(steps, m) for steps in sizes.tradeoff_steps]
+        settings = [(steps, m) for steps in sorted({*sizes.tradeoff_steps, sizes.lanczos_steps})]
         settings += [(sizes.lanczos_steps, n) for n in (max(2, m // 2), min(2 * m, len(train_y))) if n != m]
         rows = []
         for steps, n in settings:

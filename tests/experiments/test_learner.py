@@ -4,6 +4,7 @@ runs side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -205,3 +206,11 @@ def test_runs_side_by_side_equal_runs_one_after_another(data_root, tmp_path):
     verdict, numbers = LA.claim6(two)
     assert verdict.verdict in ("holds", "does not hold", "inconclusive")
     assert numbers["best_sgd_lr"] == two.best_sgd_lr() in (0.03, 0.1, 0.3)
+    # the trade-off table always has the learner's own estimate, also when its step count is not among those compared
+    sizes = profile.learner
+    fewer = load_profile("smoke", {"learner.sgd_lrs": "0.03,0.1,0.3", "learner.seeds": 2,
+                                   "learner.tradeoff_steps": "2"})
+    table = LA.estimate_tradeoff(dataclasses.replace(two, profile=fewer), L.learner_data(profile, data_root))
+    chosen = table[(table["Lanczos steps"] == sizes.lanczos_steps) & (table["images"] == sizes.curvature_images)]
+    assert sizes.lanczos_steps not in fewer.learner.tradeoff_steps and len(chosen) == 1
+    assert table["Lanczos steps"].tolist()[:2] == [2, sizes.lanczos_steps]
