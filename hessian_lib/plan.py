@@ -7,8 +7,8 @@ same functions the chapters call (``train_config``, ``run_config``, ``stage_conf
 its ``run`` calls the same code the chapter does, so a store the plan's jobs filled is one the
 chapters read without computing.
 
-The theory chapter's simulations and the spectra chapter's small dense check are computed when
-the chapters run (seconds on a CPU) and are not in the plan.
+The spectra chapter's small dense check is computed when the chapter runs (seconds on a CPU) and
+is not in the plan.
 
 **Cost model.** A job's ``work`` counts image-gradients (one forward and backward pass of one image
 through the profile's network); a Hessian- or GGN-vector product counts :data:`PRODUCT_GRADIENTS`
@@ -20,7 +20,9 @@ cores (``benchmarks/bench_train.py``: 175 s of training for ``train.epochs`` epo
 ``data.train_subset`` images). Ladder searches count ``scaling.bisections + 3`` trials per batch
 size; a spectrum's batch draws use ``batch_images`` images in all. The estimate is for planning
 (which jobs dominate), not a promise: networks smaller than the calibrating one (the smoke
-profile's) run faster.
+profile's) run faster. The theory chapter's simulations (random matrices, no images) run on the CPU
+under every profile: their ``work`` is their estimated seconds on one core
+(:attr:`hessian_lib.experiments.theory.Simulation.seconds`) divided by the profile's seconds per image-gradient.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ PAPER_SECONDS_PER_IMAGE = 39.0 / PRODUCT_GRADIENTS / 50_000
 #: Measured seconds of the cpu profile's training run on 2 cores (benchmarks/train_results.md).
 CPU_TRAIN_SECONDS = 175.0
 #: The chapters whose experiments the plan lists, in reading order.
-PLAN_CHAPTERS = ("02_spectra", "03_scaling", "04_learner", "05_mixture")
+PLAN_CHAPTERS = ("01_theory", "02_spectra", "03_scaling", "04_learner", "05_mixture")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,17 @@ def _trials(profile: Profile) -> float:
 
 
 # ----------------------------------------------------------------------------- the chapters' jobs
+
+
+def _theory_jobs(p: Profile, seed: int) -> list[Job]:
+    from hessian_lib.experiments import theory as TH
+
+    def run(sim: TH.Simulation) -> Callable[[RunContext], Any]:
+        return lambda c: sim.run(c.store)
+
+    rate = seconds_per_image(p)
+    return [Job(TH.CHAPTER, sim.name, sim.config, (), sim.seconds / rate, run(sim))
+            for sim in TH.chapter_simulations(p, seed)]
 
 
 def _training_jobs(p: Profile, seed: int) -> list[Job]:
@@ -223,7 +236,7 @@ def build_plan(profile: str | Profile = "cpu", *, overrides: Mapping[str, Any] |
     """Every job the ``chapters`` (default: all) need under ``profile`` and ``seed``, dependencies first."""
     p = load_profile(profile, overrides)
     wanted = plan_chapters(chapters)
-    jobs: list[Job] = []
+    jobs: list[Job] = _theory_jobs(p, seed) if "01_theory" in wanted else []
     if {"02_spectra", "03_scaling"} & set(wanted):
         trained = _training_jobs(p, seed)
         jobs += trained

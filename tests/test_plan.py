@@ -26,7 +26,7 @@ from hessian_lib.plan import build_plan, plan_rows
 from hessian_lib.profiles import load_profile
 from hessian_lib.provenance import write_about_page
 from hessian_lib.shard import ShardError, parse_shard, run_shard, shard_from_env, shard_jobs
-from hessian_lib.store import ResultsStore
+from hessian_lib.store import READ_LOG_ENV, ResultsStore
 
 OVERRIDES = {"networks.count": "1"}
 PROFILE = load_profile("smoke", OVERRIDES)
@@ -103,7 +103,7 @@ def test_plan_is_what_the_chapter_writes(reference):
 
 def test_every_chapter_is_planned_and_shards_partition_the_plan():
     jobs = build_plan(PROFILE)
-    assert {j.chapter for j in jobs} == {"02_spectra", "03_scaling", "04_learner", "05_mixture"}
+    assert {j.chapter for j in jobs} == {"01_theory", "02_spectra", "03_scaling", "04_learner", "05_mixture"}
     assert len({j.key for j in jobs}) == len(jobs)
     parts = [shard_jobs(jobs, k, 3) for k in range(3)]
     assert sorted(j.key for part in parts for j in part) == sorted(j.key for j in jobs)
@@ -114,6 +114,45 @@ def test_every_chapter_is_planned_and_shards_partition_the_plan():
         == (4, 8)
     assert shard_from_env({"RANK": "1", "WORLD_SIZE": "4"}) == (1, 4)
     assert shard_from_env({}) is None
+
+
+def run_theory_cells(store: Path) -> None:
+    """Execute the Theory chapter's code cells in this process (smoke profile, ``store`` as its results folder)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = json.loads((book.project_root() / "book" / "01_theory.ipynb").read_text())["cells"]
+    namespace = {"profile": "smoke", "overrides": {}, "seed": 0, "data_root": None, "device": "cpu",
+                 "results_dir": str(store), "build_id": "test", "live_widgets": False}
+    for cell in cells:
+        if cell["cell_type"] == "code" and "parameters" not in cell["metadata"].get("tags", []):
+            exec(compile("".join(cell["source"]), "01_theory", "exec"), namespace)  # noqa: S102
+            plt.close("all")
+
+
+def test_the_plan_holds_the_theory_chapters_simulations_and_the_chapter_reads_them(tmp_path, monkeypatch):
+    """``run`` computes the plan's Theory jobs; the chapter, executed on that store, reads them and computes
+    nothing (it adds only its verdict record), and reads every one of them."""
+    T = PROFILE.theory
+    jobs = build_plan("smoke", chapters=["book/01_theory.ipynb"])
+    frames = len(T.widget_batch_sizes) * len(T.widget_spike) * len(T.widget_dim) * len(T.widget_noise)
+    assert {j.chapter for j in jobs} == {"01_theory"} and len({j.key for j in jobs}) == len(jobs) == 3 + 3 + frames
+    assert all(j.work > 0 and not j.deps for j in jobs)
+    report = run_shard("smoke", results=tmp_path, chapters=["01_theory"], device="cpu", log=lambda _: None)
+    assert sorted(report.computed) == sorted(j.key for j in jobs)
+    store = ResultsStore(tmp_path)
+    before = {k for k, _ in store.entries()}
+    assert before == {j.key for j in jobs}
+    read_log = tmp_path / "reads.log"
+    monkeypatch.setenv(READ_LOG_ENV, str(read_log))
+    run_theory_cells(tmp_path)
+    after = {k: c for k, c in store.entries()}
+    assert {c["experiment"] for k, c in after.items() if k not in before} == {"verdict"}
+    assert {Path(line).name for line in read_log.read_text().split()} >= before
 
 
 def test_three_shards_in_three_processes_equal_the_chapters_run(tmp_path, reference):
@@ -165,11 +204,13 @@ def test_a_shard_waiting_for_inputs_says_so(tmp_path):
                   log=lambda _: None)
 
 
-def test_book_from_results_fails_at_once_on_a_missing_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chapter", ["01_theory", "05_mixture"])
+def test_book_from_results_fails_at_once_on_a_missing_result(tmp_path, monkeypatch, chapter):
     store = ResultsStore(tmp_path / "results")
-    jobs = build_plan(PROFILE)
-    for job in jobs:
+    plan = build_plan(PROFILE)
+    for job in plan:
         store.save(job.config, {"stub": True})
+    missing = next(j for j in plan if j.chapter == chapter)
 
     def execute(*args, **kwargs):
         raise AssertionError("a chapter ran")
@@ -177,12 +218,12 @@ def test_book_from_results_fails_at_once_on_a_missing_result(tmp_path, monkeypat
     monkeypatch.setattr(book, "execute_chapter", execute)
     chapters = book.list_chapters()
     book._check_stored(PROFILE, OVERRIDES, 0, chapters, store.root)  # complete: no error
-    store.delete(jobs[5].config)
+    store.delete(missing.config)
     with pytest.raises(book.BookError) as err:
         book.run_book("smoke", overrides=OVERRIDES, results_dir=store.root, build_dir=tmp_path / "build",
                       build=False, device="cpu")
     message = str(err.value)
-    assert jobs[5].key in message and jobs[5].name in message
+    assert missing.key in message and missing.name in message
     assert f"python -m hessian_lib run --profile smoke --set networks.count=1 --results {store.root}" in message
 
 

@@ -12,14 +12,18 @@ and, on shared cores, can cost an order of magnitude.
 Given ``store=`` (a :class:`~hessian_lib.store.ResultsStore` or its folder), the simulations
 (:func:`wigner_outlier_table`, :func:`bbp_sweep`, :func:`mp_outlier_table`, :func:`wigner_spectrum`,
 :func:`explorer_sample`) are kept there like every other experiment, keyed by their arguments and
-:data:`SIMULATION_VERSION`, and loaded on later calls.
+:data:`SIMULATION_VERSION`, and loaded on later calls. :func:`chapter_simulations` lists the calls the
+chapter makes (:class:`Simulation`); the chapter makes them through the same functions, and the plan
+(:mod:`hessian_lib.plan`) lists them as jobs.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Sequence
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +33,10 @@ from hessian_lib import verdicts
 from hessian_lib.blas import limit_blas_threads
 from hessian_lib.laws import rmt
 from hessian_lib.store import ResultsStore
+
+if TYPE_CHECKING:
+    from hessian_lib.profile_sections import TheorySizes
+    from hessian_lib.profiles import Profile
 
 __all__ = [
     "child_seed",
@@ -41,6 +49,16 @@ __all__ = [
     "wishart_spectrum",
     "explorer_sample",
     "SIMULATION_VERSION",
+    "CHAPTER",
+    "Simulation",
+    "chapter_simulations",
+    "wigner_outliers",
+    "bbp_transition",
+    "mp_outliers",
+    "spectrum_batch_sizes",
+    "wigner_draw",
+    "explorer_grid",
+    "explorer_frame",
 ]
 
 #: Part of every stored simulation's key: raise it when a simulation's code changes what it returns.
@@ -52,16 +70,20 @@ def _stored(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Tables are kept column by column (their order too), arrays as ``eigenvalues``, dicts as they are; what
     comes back is always what the store loads, so a first and a later call give identical values.
+    ``fn.config(*args, **kwargs)`` is the store config of a call.
     """
     signature = inspect.signature(fn)
+
+    def make_config(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return {"experiment": f"theory.{fn.__name__}", "version": SIMULATION_VERSION, **bound.arguments}
 
     @functools.wraps(fn)
     def wrapper(*args: Any, store: ResultsStore | str | None = None, **kwargs: Any) -> Any:
         if store is None:
             return fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        config = {"experiment": f"theory.{fn.__name__}", "version": SIMULATION_VERSION, **bound.arguments}
+        config = make_config(*args, **kwargs)
         store = store if isinstance(store, ResultsStore) else ResultsStore(store)
 
         def compute() -> dict[str, Any]:
@@ -75,6 +97,7 @@ def _stored(fn: Callable[..., Any]) -> Callable[..., Any]:
             return pd.DataFrame({c: record["table"][c] for c in record["columns"]})
         return record["eigenvalues"] if set(record) == {"eigenvalues"} else record
 
+    wrapper.config = make_config  # type: ignore[attr-defined]  # the store config of a call, without computing it
     return wrapper
 
 
@@ -276,3 +299,97 @@ def claim2_checks(wigner: pd.DataFrame, bbp: pd.DataFrame, mp: pd.DataFrame) -> 
         for err, counts in zip(table["largest relative error"], table["counts"])
     ]
     return table
+
+
+# ----------------------------------------------------------------------------- the chapter's simulations
+#
+# The Theory chapter and the plan (hessian_lib.plan) both take the chapter's simulations from the functions
+# below, so the plan's store keys are the keys the chapter reads.
+
+#: The chapter whose simulations :func:`chapter_simulations` lists.
+CHAPTER = "01_theory"
+#: Seconds on one core of the 2-core machine, fitted to the first cpu build's cell times of this chapter
+#: (benchmarks/book_results.md: Wigner table 2.3 s, BBP sweep 11.6 s, MP table 5.2 s, the explorer's 72 frames
+#: about 49 s of sampling and eigensolves): all eigenvalues of a symmetric P x P matrix, per P^3; its two extremes
+#: (:func:`extreme_pair`), per P^3; a GOE sample, per P^2; a B x P sample and its X^T X, per P^2 B.
+EIGH_SECONDS, PAIR_SECONDS, GOE_SECONDS, GRAM_SECONDS = 1.5e-10, 1.7e-10, 2e-8, 7e-11
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """One stored simulation the chapter shows: ``fn(**kwargs)``, ``fn`` a stored function of this module.
+
+    ``seconds``: estimated cost on one CPU core (the constants above); ``config``: its store config."""
+
+    name: str
+    fn: Callable[..., Any] = field(repr=False)
+    kwargs: dict[str, Any] = field(repr=False)
+    seconds: float
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The store config of the call (its key is what the chapter reads)."""
+        return self.fn.config(**self.kwargs)  # type: ignore[attr-defined]
+
+    def run(self, store: ResultsStore | str | None = None) -> Any:
+        """The simulation's result, loaded from ``store`` or computed (and saved there)."""
+        return self.fn(**self.kwargs, store=store)
+
+
+def _goe_pairs(dim: int, count: float) -> float:
+    return count * (GOE_SECONDS * dim**2 + PAIR_SECONDS * dim**3)
+
+
+def wigner_outliers(T: TheorySizes, seed: int) -> Simulation:
+    """The chapter's Wigner outlier table: spikes +1 and -1, s1 = 4, one row per ``T.batch_sizes``."""
+    return Simulation("Wigner outliers against B", wigner_outlier_table, dict(
+        dim=T.dim, batch_sizes=T.batch_sizes, spikes=(1.0, -1.0), s1=4.0, n_data=T.n_data, repeats=T.repeats,
+        seed=seed), _goe_pairs(T.dim, len(T.batch_sizes) * T.repeats))
+
+
+def bbp_transition(T: TheorySizes, seed: int) -> Simulation:
+    """The chapter's BBP sweep: ``T.threshold_points`` ratios s/theta from 0.2 to 3 (log-spaced), theta = 1."""
+    ratios = np.geomspace(0.2, 3.0, T.threshold_points)
+    return Simulation("BBP sweep", bbp_sweep, dict(dim=T.dim, ratios=ratios, theta=1.0, repeats=T.repeats, seed=seed),
+                      _goe_pairs(T.dim, T.threshold_points * T.repeats))
+
+
+def mp_outliers(T: TheorySizes, seed: int) -> Simulation:
+    """The chapter's spiked Marchenko-Pastur table: spike 5, unit bulk variance, one row per ``T.mp_batch_sizes``."""
+    seconds = T.repeats * sum(GRAM_SECONDS * T.dim**2 * b + PAIR_SECONDS * T.dim**3 for b in T.mp_batch_sizes)
+    return Simulation("Marchenko-Pastur outliers against B", mp_outlier_table, dict(
+        dim=T.dim, batch_sizes=T.mp_batch_sizes, spike=5.0, sigma2=1.0, repeats=T.repeats, seed=seed), seconds)
+
+
+def spectrum_batch_sizes(T: TheorySizes) -> list[int]:
+    """The batch sizes whose whole Wigner spectrum the chapter draws: first, middle and last of ``T.batch_sizes``."""
+    return [T.batch_sizes[0], T.batch_sizes[len(T.batch_sizes) // 2], T.batch_sizes[-1]]
+
+
+def wigner_draw(T: TheorySizes, seed: int, batch_size: int) -> Simulation:
+    """One spiked Wigner sample (theta = 1, s1 = 4) at ``batch_size``; its noise scale is ``kwargs["s"]``."""
+    s = float(rmt.noise_scale(T.dim, 16.0 / T.dim, batch_size, T.n_data))
+    return Simulation(f"Wigner spectrum, B = {batch_size}", wigner_spectrum, dict(
+        dim=T.dim, theta=1.0, s=s, seed=child_seed(seed, 99, batch_size)),
+        GOE_SECONDS * T.dim**2 + EIGH_SECONDS * T.dim**3)
+
+
+def explorer_grid(T: TheorySizes) -> dict[str, tuple]:
+    """The explorer's slider values (keywords of :func:`explorer_frame`): one frame per combination."""
+    return {"batch_size": T.widget_batch_sizes, "theta": T.widget_spike, "dim": T.widget_dim, "s1": T.widget_noise}
+
+
+def explorer_frame(T: TheorySizes, seed: int, *, batch_size: int, theta: float, dim: int, s1: float) -> Simulation:
+    """The sample behind one frame of the explorer (:func:`explorer_sample` at ``T.n_data``)."""
+    seconds = GOE_SECONDS * dim**2 + GRAM_SECONDS * dim**2 * batch_size + 2 * EIGH_SECONDS * dim**3
+    return Simulation(f"explorer frame: B = {batch_size}, theta = {theta}, P = {dim}, s1 = {s1}", explorer_sample,
+                      dict(batch_size=batch_size, theta=theta, dim=dim, s1=s1, n_data=T.n_data, seed=seed), seconds)
+
+
+def chapter_simulations(profile: Profile, seed: int) -> list[Simulation]:
+    """Every stored simulation the Theory chapter shows under ``profile`` and base ``seed``."""
+    T = profile.theory
+    grid = explorer_grid(T)
+    frames = [explorer_frame(T, seed, **dict(zip(grid, values))) for values in itertools.product(*grid.values())]
+    return [wigner_outliers(T, seed), bbp_transition(T, seed), mp_outliers(T, seed),
+            *(wigner_draw(T, seed, b) for b in spectrum_batch_sizes(T)), *frames]
