@@ -3,7 +3,7 @@ curvlinops 3.0.1, side by side in one process, as ratios to a full-data gradient
 
 Architectures (CIFAR-100 images, 100 classes, mean cross-entropy, float32, models in eval mode):
 
-* ``relu``: the ReLU / max-pool CNN of ``bench_curvature.py`` (P = 158,820);
+* ``relu``: the ReLU / max-pool CNN of ``bench_curvature.py`` (``_bench_common.make_model``) (P = 158,820);
 * ``smooth``: tanh activations and average pooling, global average pool (P = 48,980);
 * ``resnet``: a residual network with BatchNorm (running statistics; P = 83,892).
 
@@ -48,7 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_curvature import (  # noqa: E402
+from _bench_common import (  # noqa: E402
     Cap,
     PeakRSS,
     capped_curvlinops,
