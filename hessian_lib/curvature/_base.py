@@ -77,7 +77,9 @@ class CurvatureOperator:
             product; the rest are rebuilt each time and released tensor by tensor during their last product.
             ``0`` asks for the least memory: nothing is kept, blocks are multiplied vector by vector, SLQ
             runs its probes one after the other (:meth:`blocks_pay`) and, when the loss is a sum over samples,
-            batches are multiplied in chunks of :attr:`least_memory_chunk` samples (:meth:`_pieces`).
+            batches are multiplied in chunks of :attr:`least_memory_chunk` samples (:meth:`_pieces`). With a
+            cache on the CPU such batches go in chunks of :attr:`kept_chunk` samples, each chunk's state kept
+            on its own: building and multiplying then hold one chunk's temporaries, not the batch's.
             While the ``path="auto"`` trial runs, the first batch is briefly held on two paths at once and
             the other batches are dropped.
         path: ``"linearize"`` (forward-over-reverse, traced and split), ``"graph"`` (reverse-over-reverse
@@ -104,6 +106,9 @@ class CurvatureOperator:
     accepts_blocks: bool = True
     #: Samples per chunk of a batch with ``cache_bytes=0`` when the loss decomposes (:meth:`_pieces`).
     least_memory_chunk: int = 64
+    #: Samples per chunk with a cache, on the CPU, when the loss decomposes; ``None``: whole batches. A GPU
+    #: always multiplies whole batches with a cache (small chunks would leave it idle).
+    kept_chunk: int | None = 64
 
     def __init__(
         self,
@@ -167,6 +172,7 @@ class CurvatureOperator:
         self.path: str = path
         self._chooser = PathChooser(path, channels_last)
         self._cache = StateCache(self.cache_bytes)
+        self._piece_ids: list[int] = []  # indices of the pieces of the last product (see _pieces)
         self._graph_nodes = 0  # autograd nodes of a first-order graph (for the trace-time estimate)
         self._last_build_seconds = 0.0
         #: Number of products with a single vector computed so far.
@@ -231,7 +237,8 @@ class CurvatureOperator:
             pays = False
         else:
             batched = self._chooser.known_block_mode(k)
-            rebuilt = any(w != 0 and i not in self._cache for i, w in enumerate(self.batch_weights))
+            pieces = self._piece_ids or [i for i, w in enumerate(self.batch_weights) if w != 0]
+            rebuilt = any(i not in self._cache for i in pieces)
             pays = batched is None or batched or rebuilt
         if self._distributed:
             pays = sum_floats([float(pays)], True)[0] > 0
@@ -276,20 +283,27 @@ class CurvatureOperator:
         return apply_linearized(self, state, vs, keep, batched)
 
     # ------------------------------------------------------------------ products
-    def _chunks_batches(self) -> bool:
-        """Whether products split each batch into chunks of :attr:`least_memory_chunk` samples: with
-        ``cache_bytes=0`` when the loss is a supported ``torch.nn`` loss (a sum over samples, weighted by
-        :meth:`LossInfo.batch_weight`) and no BatchNorm uses batch statistics (``bn_mode="train"``)."""
-        if self.cache_bytes != 0 or self.loss.family is None:
-            return False
-        return self.bn_mode == "eval" or not any(isinstance(m, _BatchNorm) for m in self.model.modules())
+    def _chunk(self) -> int | None:
+        """Samples per chunk that products split each batch into, ``None`` for whole batches. Chunks need a
+        supported ``torch.nn`` loss (a sum over samples, weighted by :meth:`LossInfo.batch_weight`) and no
+        BatchNorm on batch statistics (``bn_mode="train"``); then :attr:`least_memory_chunk` with
+        ``cache_bytes=0``, :attr:`kept_chunk` with a cache on the CPU."""
+        if self.loss.family is None:
+            return None
+        if self.bn_mode == "train" and any(isinstance(m, _BatchNorm) for m in self.model.modules()):
+            return None
+        if self.cache_bytes == 0:
+            return self.least_memory_chunk
+        return self.kept_chunk if self.device.type == "cpu" else None
 
     def _pieces(self) -> Iterator[tuple[int, Batch, float]]:
-        """``(index, batch, weight)`` of what a product multiplies on: each batch of nonzero weight, or, while
-        :meth:`_chunks_batches`, chunks of it (indexed in order). A chunk's curvature weighted by its
-        :math:`D_c` sums to the batch's weighted by :math:`D_b`, so the matrix is the same; one chunk's state
-        is held at a time, so the product's peak memory follows the chunk, not the batch."""
-        weights, chunked, m, j = self.batch_weights, self._chunks_batches(), self.least_memory_chunk, 0
+        """``(index, batch, weight)`` of what a product multiplies on: each batch of nonzero weight, or, with a
+        :meth:`_chunk` size, chunks of it (indexed in order). A chunk's curvature weighted by its
+        :math:`D_c` sums to the batch's weighted by :math:`D_b`, so the matrix is the same; a chunk's state
+        is built (and kept or freed) on its own, so the product's transient memory follows the chunk, not the
+        batch."""
+        weights, m, j = self.batch_weights, self._chunk(), 0
+        chunked = m is not None
         for i, batch in enumerate(self._data):
             c = weights[i] if i < len(weights) else self.loss.batch_weight(batch[1], batch_size(batch))
             if c == 0:
@@ -311,8 +325,9 @@ class CurvatureOperator:
         k = V.shape[0]
         vs = [self.unflatten(V[j]) for j in range(k)]
         out = torch.zeros(k, self.dim, dtype=self.dtype, device=self.device)
-        first = True
+        first, ids = True, []
         for i, batch, c in self._pieces():
+            ids.append(i)
             start = time.perf_counter()
             if first and self._chooser.due(self, batch):
                 res = self._chooser.trial(self, i, batch, vs)
@@ -324,6 +339,7 @@ class CurvatureOperator:
                 out[j].add_(r, alpha=c)
             del res
             self._cache.collect()
+        self._piece_ids = ids
         out = sum_tensor(out, self._distributed)
         out.div_(self.normaliser)
         if self.weight_decay:
@@ -373,7 +389,12 @@ class CurvatureOperator:
         path = f"path={active!r}" if self.path == active else f"path={self.path!r} -> {active!r}"
         if active == "linearize" and self._chooser.cl:
             path += " (channels-last)"
-        kept = f"{len(self._cache)}/{len(self.batch_sizes)} batches kept in {self.cache_nbytes / 2**20:.0f} MiB"
+        chunk = self._chunk()
+        if chunk is not None and self._piece_ids and len(self._piece_ids) != len(self.batch_sizes):
+            kept = f"{len(self._cache)}/{len(self._piece_ids)} chunks of up to {chunk} samples kept"
+        else:
+            kept = f"{len(self._cache)}/{len(self.batch_sizes)} batches kept"
+        kept += f" in {self.cache_nbytes / 2**20:.0f} MiB"
         return (
             f"{type(self).__name__}(dim={self.dim}, loss={self.loss.name}, num_samples={self.num_samples}, "
             f"batches={len(self.batch_sizes)}, bn_mode={self.bn_mode!r}, weight_decay={self.weight_decay}, "

@@ -57,3 +57,21 @@ def test_equal_losses_and_either_cache_share_the_path_chosen(eager_switch):
     bare = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), cache_bytes=0)  # one product: no trial
     bare.matvec(torch.randn(bare.dim))
     assert bare.path_in_use == first.path_in_use and bare.path_timings == {} and "with a cache" in repr(bare)
+
+
+@pytest.mark.parametrize("path", [*PATHS, "auto"])
+def test_kept_chunks_give_the_dense_matrix(monkeypatch, path):
+    """With a cache on the CPU, batches go in chunks of ``kept_chunk`` samples, each chunk's state kept."""
+    monkeypatch.setattr(CurvatureOperator, "kept_chunk", 4)
+    model = cnn()
+    x, y = make_data("cnn", n=30)
+    data = split(x, y, [11])  # chunks of 4, 4, 3 and 4, 4, 4, 4, 3
+    loss = nn.CrossEntropyLoss()
+    for cls, ref in KINDS.values():
+        op = cls(model, loss, data, path=path)
+        dense = ref(model, loss, data)
+        v, V = torch.randn(op.dim), torch.randn(2, op.dim)
+        assert rel(op.matvec(v), dense @ v.double()) < TOL
+        assert len(op._cache) == 8 and "8/8 chunks of up to 4 samples kept" in repr(op)
+        assert not any(i not in op._cache for i in op._piece_ids)  # every chunk kept: nothing to rebuild
+        assert rel(op.matvec(V), V.double() @ dense) < TOL  # blocks on the kept chunks
