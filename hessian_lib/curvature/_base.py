@@ -45,7 +45,12 @@ from hessian_lib.curvature._autotune import PATHS, PathChooser
 from hessian_lib.curvature._cache import DEFAULT_CACHE_BYTES, StateCache, graph_walk
 from hessian_lib.curvature._data import BN_MODES, Batch, LossFn, as_batches, batch_size, batchnorm_mode, select_params
 from hessian_lib.curvature._distributed import is_active, sum_floats, sum_tensor
-from hessian_lib.curvature._linearize import apply_linearized, build_linearized, model_tensors
+from hessian_lib.curvature._linearize import (
+    apply_linearized,
+    batching_fallbacks_quiet,
+    build_linearized,
+    model_tensors,
+)
 from hessian_lib.curvature.losses import LossInfo, resolve_loss
 
 __all__ = ["CurvatureOperator", "backward_block"]
@@ -427,9 +432,10 @@ def backward_block(
     if k > 1 and batched:
         try:
             stacked = [torch.stack([c[i] for c in cotangents]) for i in range(len(outputs))]
-            gs = torch.autograd.grad(
-                outputs, inputs, grad_outputs=stacked, retain_graph=True, allow_unused=True, is_grads_batched=True
-            )
+            with batching_fallbacks_quiet():
+                gs = torch.autograd.grad(
+                    outputs, inputs, grad_outputs=stacked, retain_graph=True, allow_unused=True, is_grads_batched=True
+                )
             flat = flatten(fill(gs, (k,)))
             return list(flat.unbind(0))
         except RuntimeError:

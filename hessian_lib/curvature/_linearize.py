@@ -18,7 +18,8 @@ import operator
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "Linearization",
     "Memo",
     "apply_linearized",
+    "batching_fallbacks_quiet",
     "build_linearized",
     "forget_linearizations",
     "functional_model",
@@ -135,6 +137,30 @@ def _is_plain_copy(n: fx.Node) -> bool:
     )
 
 
+def _copy_source(n: fx.Node) -> Any:
+    """What a functional ``copy(dst, src)`` can become: ``src`` itself when it already has the result's
+    shape, dtype, device and strides; ``src`` cloned into the result's memory format when only the strides
+    differ; ``None`` otherwise. Such copies come from in-place ops under forward-mode AD (an in-place ReLU's
+    tangent written into a fresh buffer); ``vmap`` has no batching rule for them."""
+    if n.target != _aten.copy.default or len(n.args) < 2 or not isinstance(n.args[1], fx.Node):
+        return None
+    src, out = _node_meta(n.args[1]), _node_meta(n)
+    if not (isinstance(src, Tensor) and isinstance(out, Tensor)) or (src.shape, src.dtype, src.device) != (
+        out.shape, out.dtype, out.device
+    ):
+        return None
+    if src.stride() == out.stride():
+        return n.args[1]
+    formats = [torch.channels_last] if out.dim() == 4 else []
+    fmt = next((f for f in [torch.contiguous_format, *formats] if out.is_contiguous(memory_format=f)), None)
+    if fmt is None:
+        return None
+    with n.graph.inserting_before(n):
+        clone = n.graph.call_function(_aten.clone.default, (n.args[1],), {"memory_format": fmt})
+    clone.meta["val"] = out
+    return clone
+
+
 def _merge_common(g: fx.Graph) -> None:
     """Drop ``alias``, plain copies and ``t(t(a))``, then merge identical pure calls (common
     subexpressions)."""
@@ -143,6 +169,8 @@ def _merge_common(g: fx.Graph) -> None:
             continue
         if n.target == _aten.alias.default or _is_plain_copy(n):
             n.replace_all_uses_with(n.args[0])
+        elif (source := _copy_source(n)) is not None:
+            n.replace_all_uses_with(source)
         elif n.target == _aten.t.default and isinstance(n.args[0], fx.Node) and n.args[0].target == _aten.t.default:
             n.replace_all_uses_with(n.args[0].args[0])
     g.eliminate_dead_code()
@@ -412,6 +440,15 @@ def build_linearized(op: Any, x: Any, y: Tensor, cl: bool, measure: bool) -> tup
     return (lin, residuals, versions(op), cl), (storage_bytes(residuals, given) if measure else 0)
 
 
+@contextmanager
+def batching_fallbacks_quiet() -> Iterator[None]:
+    """Silence the warning that a vectorised op has no batching rule and runs in a loop: the path chooser
+    times vectorised blocks against looped ones, so the slowdown is measured and avoided, not hidden."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+        yield
+
+
 def apply_linearized(op: Any, state: Any, vs: list[list[Tensor]], keep: bool, batched: bool) -> list[Tensor]:
     """Products ``[P]`` on a linearised state for each vector (given per parameter); ``batched``: ``vmap``
     a block; ``keep=False``: the state is released during its last product."""
@@ -424,7 +461,8 @@ def apply_linearized(op: Any, state: Any, vs: list[list[Tensor]], keep: bool, ba
     if batched and len(vs) > 1:
         try:
             stacked = [torch.stack([v[i] for v in vs]) for i in range(len(op.params))]
-            out = vmap(lambda *t: tuple(lin.apply(residuals, [layout(a, cl) for a in t])))(*stacked)
+            with batching_fallbacks_quiet():
+                out = vmap(lambda *t: tuple(lin.apply(residuals, [layout(a, cl) for a in t])))(*stacked)
             return list(op.flatten(list(out)).unbind(0))
         except RuntimeError:
             pass

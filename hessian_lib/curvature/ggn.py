@@ -11,7 +11,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from hessian_lib.curvature._base import CurvatureOperator, backward_block
 from hessian_lib.curvature._data import batchnorm_mode
-from hessian_lib.curvature._linearize import functional_model, tangent_with_target
+from hessian_lib.curvature._linearize import batching_fallbacks_quiet, functional_model, tangent_with_target
 
 __all__ = ["GGNOperator"]
 
@@ -103,7 +103,8 @@ class GGNOperator(CurvatureOperator):
             if len(vs) > 1 and batched:
                 try:
                     V = tuple(torch.stack([v[i] for v in vs]) for i in range(len(self.params)))
-                    return list(vmap(jv)(V).unbind(0))
+                    with batching_fallbacks_quiet():
+                        return list(vmap(jv)(V).unbind(0))
                 except RuntimeError:
                     pass
             return [jv(tuple(v)) for v in vs]

@@ -210,3 +210,27 @@ def test_cuda_path_matches_dense(path):
     model.cuda()
     op = HessianOperator(model, LOSS, [(a.cuda(), b.cuda()) for a, b in data], path=path)
     assert rel(op.matvec(V.cuda()).cpu(), V.double() @ dense) < 1e-4
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_inplace_relu_channels_last_blocks_match_dense_without_copies(kind):
+    """An in-place ReLU under forward mode writes its tangent into a fresh buffer (``aten.copy``, which
+    ``vmap`` has no batching rule for). The trace drops those copies; vectorised blocks stay exact."""
+    from hessian_lib.curvature._linearize import apply_linearized, build_linearized
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(3, 3, 3, padding=1),
+        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4),
+    ).to(memory_format=torch.channels_last)
+    x, y = make_data("cnn")
+    cls, ref = KINDS[kind]
+    op = cls(model, LOSS, (x, y), path="linearize", channels_last=True)
+    state, _ = build_linearized(op, x, y, cl=True, measure=False)
+    lin = state[0]
+    assert torch.ops.aten.copy.default not in [n.target for n in lin.tangent.graph.nodes]
+    V = torch.randn(3, op.dim)
+    got = torch.stack(apply_linearized(op, state, [op.unflatten(v) for v in V], keep=True, batched=True))
+    want = V.double() @ ref(model, LOSS, (x, y))
+    assert rel(got, want) < TOL
+    assert rel(op.matvec(V), want) < TOL
