@@ -32,6 +32,13 @@ The paths (``path``, one of :data:`PATHS`):
   as ``HuberLoss``) stay on ``"graph"``. The same seed gives bit-identical products on one path and block
   mode (below); a switch changes them at the level of float rounding.
 
+The first product of an auto operator whose caller announced nothing, a single vector with nothing chosen or
+kept yet, has nothing to amortise: where the operator has one (the Hessian), it runs as one eager
+forward-over-reverse pass per batch (``torch.autograd.forward_ad``: a forward and a backward pass carrying
+tangents, nothing kept; channels-last on the CPU for images), cheaper than building and keeping the graph.
+The next product starts on the graph as above; a model whose ops lack forward-mode rules goes on the graph
+at once.
+
 Either way a block ``[k, P]`` is multiplied vector by vector or vectorised (``vmap`` / ``is_grads_batched``),
 whichever measured faster per vector: after an auto trial, the first block on the trial's batch is vectorised
 and compared with the trial's single product (the other batches go vector by vector until then); otherwise
@@ -121,6 +128,8 @@ class PathChooser:
         self.single_seconds: dict[tuple[str, int], float] = {}
         #: Per-vector seconds of the first block product, looped and vectorised, per path.
         self.block_timings: dict[str, tuple[float, float]] = {}
+        #: Products run as one eager forward-over-reverse pass (:meth:`single_pass`); ``None`` once it failed.
+        self.single_passes: int | None = 0
 
     # ------------------------------------------------------------------ state
     def expect(self, n: int) -> None:
@@ -132,6 +141,24 @@ class PathChooser:
     def known_block_mode(self, k: int) -> bool | None:
         """Whether blocks of ``k`` are vectorised on the settled path (``None``: not known yet)."""
         return self.batched.get((self.active, k)) if self.decided else None
+
+    def single_pass(self, op: Any, k: int) -> bool:
+        """Whether this product is the first of an auto operator whose caller announced nothing (one vector,
+        nothing chosen, kept or spent yet): then one eager forward-over-reverse pass per batch, nothing kept."""
+        return (
+            k == 1
+            and not self.decided
+            and not self.expected
+            and self.spent == 0
+            and self.single_passes is not None
+            and len(op._cache) == 0
+        )
+
+    def single_pass_layout(self, op: Any, x: Any) -> bool:
+        """Channels-last for :meth:`single_pass` when asked, or, on the CPU, when the inputs are images."""
+        if self.cl_fixed:
+            return self.cl
+        return op.device.type == "cpu" and self.layouts(op, x) == [False, True]
 
     def layouts(self, op: Any, x: Any) -> list[bool]:
         """The layouts the trial tries: channels-last too when the inputs are images."""

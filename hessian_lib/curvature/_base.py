@@ -43,7 +43,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hessian_lib.curvature._autotune import PATHS, PathChooser
 from hessian_lib.curvature._cache import DEFAULT_CACHE_BYTES, StateCache, graph_walk
-from hessian_lib.curvature._data import BN_MODES, Batch, LossFn, as_batches, batch_size, batchnorm_mode, select_params
+from hessian_lib.curvature._data import (
+    BN_MODES,
+    Batch,
+    LossFn,
+    as_batches,
+    batch_size,
+    batchnorm_mode,
+    select_params,
+    to_device,
+)
 from hessian_lib.curvature._distributed import is_active, sum_floats, sum_tensor
 from hessian_lib.curvature._linearize import (
     apply_linearized,
@@ -259,6 +268,25 @@ class CurvatureOperator:
         ``batched``: vectorise a block rather than loop over it."""
         raise NotImplementedError
 
+    def _single_pass(self, x: Any, y: Tensor, v: list[Tensor]) -> list[Tensor] | None:
+        """One batch's product ``A_b v`` per parameter in one eager pass that keeps nothing (the first product
+        of an auto operator, see :meth:`PathChooser.single_pass`); ``None``: this operator has no such pass."""
+        return None
+
+    def _single_product(self, batch: Batch, v: list[Tensor]) -> list[Tensor] | None:
+        """:meth:`_single_pass` on ``batch``, flat ``[P]`` in a list; ``None`` when there is no such pass or
+        the model's ops lack forward-mode rules (then never again for this operator)."""
+        x, y = to_device(batch, self.device)
+        try:
+            with batchnorm_mode(self.model, self.bn_mode):
+                parts = self._single_pass(x, y, v)
+        except (NotImplementedError, RuntimeError):
+            parts = None
+        if parts is None:
+            self._chooser.single_passes = None
+            return None
+        return [self.flatten(parts)]
+
     def _product_fn(self) -> Callable[..., Any]:
         """``"linearize"`` path: ``fn(*params, *fixed, x, y, *v) -> A_b v`` per parameter, in
         ``torch.func`` terms (traced, see :class:`~hessian_lib.curvature._linearize.Linearization`)."""
@@ -330,14 +358,18 @@ class CurvatureOperator:
         k = V.shape[0]
         vs = [self.unflatten(V[j]) for j in range(k)]
         out = torch.zeros(k, self.dim, dtype=self.dtype, device=self.device)
-        first, ids = True, []
+        first, ids, single = True, [], False
         for i, batch, c in self._pieces():
             ids.append(i)
             start = time.perf_counter()
             if first and self._chooser.due(self, batch):
                 res = self._chooser.trial(self, i, batch, vs)
             else:
-                res = self._chooser.products(self, i, batch, vs)
+                single = single or (first and self._chooser.single_pass(self, k))
+                res = self._single_product(batch, vs[0]) if single else None
+                if res is None:
+                    single = False
+                    res = self._chooser.products(self, i, batch, vs)
             self._chooser.spent += time.perf_counter() - start
             first = False
             for j, r in enumerate(res):
@@ -345,6 +377,8 @@ class CurvatureOperator:
             del res
             self._cache.collect()
         self._piece_ids = ids
+        if single:
+            self._chooser.single_passes += 1
         out = sum_tensor(out, self._distributed)
         out.div_(self.normaliser)
         if self.weight_decay:

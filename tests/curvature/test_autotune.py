@@ -17,7 +17,7 @@ from hessian_lib.curvature import (
 )
 from hessian_lib.curvature._autotune import PathChooser
 
-from .cases import KINDS, LOSS, PATHS, TOL, cnn, equal_batches, make_data, mlp, rel, split
+from .cases import KINDS, LOSS, PATHS, TOL, bn_cnn, cnn, equal_batches, make_data, mlp, rel, split
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -56,6 +56,46 @@ def test_auto_starts_on_the_graph_and_small_problems_stay_there():
     for _ in range(5):
         op.matvec(v)
     assert op.path_in_use == "graph" and op.path_timings == {}
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_first_unannounced_product_is_one_forward_over_reverse_pass_keeping_nothing(bn_mode):
+    """The first product of an auto Hessian operator (one vector, nothing announced) runs one eager
+    forward-over-reverse pass per batch and keeps nothing; the next starts on the graph and keeps it. Both
+    equal the dense Hessian, with the batches weighted and weight decay added."""
+    model = bn_cnn().double()
+    x, y = make_data("cnn", n=30)
+    x = x.double()
+    data = split(x, y, [11])
+    op = HessianOperator(model, LOSS, data, bn_mode=bn_mode, weight_decay=0.1)
+    want_matrix = dense_hessian(model, LOSS, data, bn_mode=bn_mode, weight_decay=0.1)
+    v = torch.randn(op.dim, dtype=torch.float64)
+    assert rel(op.matvec(v), want_matrix @ v) < 1e-10
+    assert op._chooser.single_passes == 1 and len(op._cache) == 0
+    assert rel(op.matvec(v), want_matrix @ v) < 1e-10
+    assert op._chooser.single_passes == 1 and len(op._cache) > 0 and op.path_in_use == "graph"
+    announced = HessianOperator(model, LOSS, data, bn_mode=bn_mode)  # a caller that says more will follow
+    announced.expect_products(3)
+    announced.matvec(v)
+    assert announced._chooser.single_passes == 0 and len(announced._cache) > 0
+    block = HessianOperator(model, LOSS, data, bn_mode=bn_mode)  # a block: one graph serves its vectors
+    block.matvec(torch.randn(2, op.dim, dtype=torch.float64))
+    assert block._chooser.single_passes == 0
+
+
+def test_first_product_without_forward_mode_rules_goes_on_the_graph():
+    """``huber_loss_backward`` has no forward-mode derivative: the first product falls back to the graph
+    and the operator does not try the single pass again."""
+    forget_linearizations()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    loss_fn = nn.HuberLoss(delta=0.5)
+    op = HessianOperator(model, loss_fn, (x, y))
+    v = torch.randn(op.dim, dtype=torch.float64)
+    want = dense_hessian(model, loss_fn, (x, y)) @ v
+    assert rel(op.matvec(v), want) < 1e-10 and op._chooser.single_passes is None and len(op._cache) == 1
+    assert rel(op.matvec(v), want) < 1e-10
 
 
 class _DataDependent(nn.Module):

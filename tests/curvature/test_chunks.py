@@ -72,6 +72,9 @@ def test_kept_chunks_give_the_dense_matrix(monkeypatch, path):
         dense = ref(model, loss, data)
         v, V = torch.randn(op.dim), torch.randn(2, op.dim)
         assert rel(op.matvec(v), dense @ v.double()) < TOL
+        if op._chooser.single_passes:  # auto's first Hessian product: one pass per chunk, nothing kept
+            assert len(op._cache) == 0
+            assert rel(op.matvec(v), dense @ v.double()) < TOL
         assert len(op._cache) == 8 and "8/8 chunks of up to 4 samples kept" in repr(op)
         assert not any(i not in op._cache for i in op._piece_ids)  # every chunk kept: nothing to rebuild
         assert rel(op.matvec(V), V.double() @ dense) < TOL  # blocks on the kept chunks
