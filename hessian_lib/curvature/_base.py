@@ -379,6 +379,9 @@ class CurvatureOperator:
         self._piece_ids = ids
         if single:
             self._chooser.single_passes += 1
+            self._chooser.why = (
+                "undecided: graph until the products pay for a trial (the first: one forward-over-reverse pass)"
+            )
         out = sum_tensor(out, self._distributed)
         out.div_(self.normaliser)
         if self.weight_decay:
