@@ -142,17 +142,10 @@ class PathChooser:
         """Whether blocks of ``k`` are vectorised on the settled path (``None``: not known yet)."""
         return self.batched.get((self.active, k)) if self.decided else None
 
-    def single_pass(self, op: Any, k: int) -> bool:
+    def single_pass(self, k: int) -> bool:
         """Whether this product is the first of an auto operator whose caller announced nothing (one vector,
-        nothing chosen, kept or spent yet): then one eager forward-over-reverse pass per batch, nothing kept."""
-        return (
-            k == 1
-            and not self.decided
-            and not self.expected
-            and self.spent == 0
-            and self.single_passes is not None
-            and len(op._cache) == 0
-        )
+        nothing chosen or spent yet, so nothing kept): then one eager forward-over-reverse pass per batch."""
+        return k == 1 and not self.decided and not self.expected and self.spent == 0 and self.single_passes is not None
 
     def single_pass_layout(self, op: Any, x: Any) -> bool:
         """Channels-last for :meth:`single_pass` when asked, or, on the CPU, when the inputs are images."""

@@ -365,7 +365,7 @@ class CurvatureOperator:
             if first and self._chooser.due(self, batch):
                 res = self._chooser.trial(self, i, batch, vs)
             else:
-                single = single or (first and self._chooser.single_pass(self, k))
+                single = single or (first and self._chooser.single_pass(k))
                 res = self._single_product(batch, vs[0]) if single else None
                 if res is None:
                     single = False
