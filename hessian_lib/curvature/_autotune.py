@@ -35,9 +35,9 @@ The paths (``path``, one of :data:`PATHS`):
 The first product of an auto operator whose caller announced nothing, a single vector with nothing chosen or
 kept yet, has nothing to amortise: where the operator has one (the Hessian), it runs as one eager
 forward-over-reverse pass per batch (``torch.autograd.forward_ad``: a forward and a backward pass carrying
-tangents, nothing kept; channels-last on the CPU for images), cheaper than building and keeping the graph.
-The next product starts on the graph as above; a model whose ops lack forward-mode rules goes on the graph
-at once.
+tangents, nothing kept; channels-last on the CPU for images; in chunks of ``single_pass_chunk`` samples where
+a cache keeps chunks of ``kept_chunk``), cheaper than building and keeping the graph. The next product
+starts on the graph as above; a model whose ops lack forward-mode rules goes on the graph at once.
 
 Either way a block ``[k, P]`` is multiplied vector by vector or vectorised (``vmap`` / ``is_grads_batched``),
 whichever measured faster per vector: after an auto trial, the first block on the trial's batch is vectorised

@@ -123,6 +123,10 @@ class CurvatureOperator:
     #: Samples per chunk with a cache, on the CPU, when the loss decomposes; ``None``: whole batches. A GPU
     #: always multiplies whole batches with a cache (small chunks would leave it idle).
     kept_chunk: int | None = 64
+    #: Samples per chunk of the first product's single pass (:meth:`PathChooser.single_pass`) when batches go
+    #: in chunks of :attr:`kept_chunk`: the pass keeps nothing, so only its transient memory grows with it
+    #: (ResNet of ``benchmarks/bench_architectures.py``: 0.75x PyHessian's time at 128 against 0.83x at 64).
+    single_pass_chunk: int = 128
 
     def __init__(
         self,
@@ -273,19 +277,26 @@ class CurvatureOperator:
         of an auto operator, see :meth:`PathChooser.single_pass`); ``None``: this operator has no such pass."""
         return None
 
-    def _single_product(self, batch: Batch, v: list[Tensor]) -> list[Tensor] | None:
-        """:meth:`_single_pass` on ``batch``, flat ``[P]`` in a list; ``None`` when there is no such pass or
-        the model's ops lack forward-mode rules (then never again for this operator)."""
-        x, y = to_device(batch, self.device)
-        try:
-            with batchnorm_mode(self.model, self.bn_mode):
-                parts = self._single_pass(x, y, v)
-        except (NotImplementedError, RuntimeError):
-            parts = None
-        if parts is None:
-            self._chooser.single_passes = None
-            return None
-        return [self.flatten(parts)]
+    def _single_products(self, v: list[Tensor], out: Tensor) -> bool:
+        """Add the weighted batch products ``D_b A_b v`` into ``out`` ``[P]``, each by :meth:`_single_pass`, in
+        chunks of :attr:`single_pass_chunk` where batches go in chunks of :attr:`kept_chunk` (in those of
+        :attr:`least_memory_chunk` with ``cache_bytes=0``); ``False``, with ``out`` zero again, when there is no
+        such pass or the model's ops lack forward-mode rules (then never again for this operator)."""
+        m = self._chunk()
+        chunk = m if m is None or self.cache_bytes == 0 else max(m, self.single_pass_chunk)
+        for _, batch, c in self._pieces(chunk):
+            x, y = to_device(batch, self.device)
+            try:
+                with batchnorm_mode(self.model, self.bn_mode):
+                    parts = self._single_pass(x, y, v)
+            except (NotImplementedError, RuntimeError):
+                parts = None
+            if parts is None:
+                self._chooser.single_passes = None
+                out.zero_()
+                return False
+            out.add_(self.flatten(parts), alpha=c)
+        return True
 
     def _product_fn(self) -> Callable[..., Any]:
         """``"linearize"`` path: ``fn(*params, *fixed, x, y, *v) -> A_b v`` per parameter, in
@@ -329,13 +340,13 @@ class CurvatureOperator:
             return self.least_memory_chunk
         return self.kept_chunk if self.device.type == "cpu" else None
 
-    def _pieces(self) -> Iterator[tuple[int, Batch, float]]:
+    def _pieces(self, chunk: int | None = None) -> Iterator[tuple[int, Batch, float]]:
         """``(index, batch, weight)`` of what a product multiplies on: each batch of nonzero weight, or, with a
         :meth:`_chunk` size, chunks of it (indexed in order). A chunk's curvature weighted by its
         :math:`D_c` sums to the batch's weighted by :math:`D_b`, so the matrix is the same; a chunk's state
         is built (and kept or freed) on its own, so the product's transient memory follows the chunk, not the
-        batch."""
-        weights, m, j = self.batch_weights, self._chunk(), 0
+        batch. ``chunk``: another chunk size than :meth:`_chunk`'s (the indices are then those of its chunks)."""
+        weights, m, j = self.batch_weights, chunk or self._chunk(), 0
         chunked = m is not None
         for i, batch in enumerate(self._data):
             c = weights[i] if i < len(weights) else self.loss.batch_weight(batch[1], batch_size(batch))
@@ -365,12 +376,12 @@ class CurvatureOperator:
             if first and self._chooser.due(self, batch):
                 res = self._chooser.trial(self, i, batch, vs)
             else:
-                single = single or (first and self._chooser.single_pass(k))
-                res = self._single_product(batch, vs[0]) if single else None
-                if res is None:
-                    single = False
-                    res = self._chooser.products(self, i, batch, vs)
+                single = first and self._chooser.single_pass(k) and self._single_products(vs[0], out[0])
+                res = [] if single else self._chooser.products(self, i, batch, vs)
             self._chooser.spent += time.perf_counter() - start
+            if single:  # every batch done in the pass's own chunks
+                ids = [j for j, _, _ in self._pieces()]
+                break
             first = False
             for j, r in enumerate(res):
                 out[j].add_(r, alpha=c)

@@ -83,6 +83,38 @@ def test_first_unannounced_product_is_one_forward_over_reverse_pass_keeping_noth
     assert block._chooser.single_passes == 0
 
 
+@pytest.mark.parametrize("cache_bytes", [None, 0])
+def test_single_pass_goes_in_its_own_chunks(cache_bytes):
+    """With a cache, chunked batches take the single pass in chunks of ``single_pass_chunk`` (it keeps
+    nothing); with ``cache_bytes=0`` in those of ``least_memory_chunk``. Either way the product is the dense
+    Hessian's, and an operator on a model whose path was chosen before starts on that path, not this pass."""
+    forget_linearizations()
+    model = bn_cnn().double()
+    x, y = make_data("cnn", n=30)
+    data = split(x.double(), y, [11])
+    kw = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+
+    def operator() -> HessianOperator:
+        op = HessianOperator(model, LOSS, data, bn_mode="eval", **kw)
+        op.kept_chunk, op.single_pass_chunk, op.least_memory_chunk = 4, 7, 3
+        return op
+
+    op, sizes = operator(), []
+    single_pass = op._single_pass
+    op._single_pass = lambda xb, yb, v: sizes.append(len(yb)) or single_pass(xb, yb, v)
+    v = torch.randn(op.dim, dtype=torch.float64)
+    want = dense_hessian(model, LOSS, data, bn_mode="eval") @ v
+    assert rel(op.matvec(v), want) < 1e-10 and op._chooser.single_passes == 1
+    assert sizes == ([7, 4, 7, 7, 5] if cache_bytes is None else [3, 3, 3, 2, 3, 3, 3, 3, 3, 3, 1])
+    chosen = operator()
+    chosen._chooser.first_trace_seconds = chosen._chooser.trace_rate_guess = 0.0  # a trial that pays at once
+    chosen.expect_products(PathChooser.early_trial_products)  # so its first product is the trial, remembered
+    assert rel(chosen.matvec(v), want) < 1e-10 and chosen._chooser.decided
+    later = operator()
+    assert rel(later.matvec(v), want) < 1e-10
+    assert later._chooser.single_passes == 0 and later._chooser.decided
+
+
 def test_first_product_without_forward_mode_rules_goes_on_the_graph():
     """``huber_loss_backward`` has no forward-mode derivative: the first product falls back to the graph
     and the operator does not try the single pass again."""
