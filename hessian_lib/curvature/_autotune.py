@@ -22,7 +22,11 @@ The paths (``path``, one of :data:`PATHS`):
   of its earlier products and its product in the trial, or, when that would make the graph win, the median of
   those and one more product; a candidate's the best of up to :attr:`PathChooser.trial_looks` applications,
   since the first ones run cold; CPU time on the CPU, synchronised wall time on a GPU), checks that they agree
-  (relative difference at most ``1e4`` float epsilons) and keeps the faster (per product for kept batches,
+  (relative difference at most :attr:`PathChooser.agreement_epsilons` float epsilons; where they do not, in float32
+  or lower, the same product in float64 on a copy of the model decides: a candidate no more than
+  :attr:`PathChooser.float64_slack` times further from it than the graph's product is right to float rounding,
+  since ReLU masks and max-pooling choices set by rounding make the graph's float32 product no ground truth
+  either) and keeps the faster (per product for kept batches,
   build plus product when nothing is kept); the block's other vectors go on the winner. The trace and the
   choice are remembered for the model, loss, BatchNorm mode and batch shape for the rest of the process, so
   later operators on new batches of the same size start on the winner (an operator whose caller announced
@@ -51,6 +55,7 @@ are images.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import sys
@@ -103,6 +108,11 @@ class PathChooser:
     trace_rate_guess: float = 0.03
     #: Extra seconds for the first trace in a process (``make_fx`` imports ``torch._dynamo``).
     first_trace_seconds: float = 3.0
+    #: A linearised product agrees with the graph's within this many epsilons of the dtype (relative) ...
+    agreement_epsilons: float = 1e4
+    #: ... or, past that in float32 or lower, when its distance from the float64 product of the same batch and
+    #: vector is at most this many times the graph product's distance from it.
+    float64_slack: float = 2.0
 
     def __init__(self, path: str, channels_last: bool | None) -> None:
         #: The path products run on now: ``"linearize"`` or ``"graph"``.
@@ -307,6 +317,26 @@ class PathChooser:
         return [chosen["res"], *self.rest(op, i, batch, vs, chosen["state"])]
 
 
+def float64_product(op: Any, x: Any, y: Tensor, v: list[Tensor]) -> Tensor | None:
+    """The batch product ``A_b v`` ``[P]`` (float64) of ``op``'s matrix on ``(x, y)``, by the graph path on a
+    float64 copy of the model and loss; ``v`` per parameter. ``None`` when the model, loss or inputs cannot be
+    copied and cast so, or the copy does not fit in memory."""
+    try:
+        model, loss_fn = copy.deepcopy(op.model).double(), copy.deepcopy(op.loss_fn)
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn = loss_fn.double()
+        if not isinstance(x, Tensor):
+            return None
+        x64 = x.double() if x.is_floating_point() else x
+        y64 = y.double() if y.is_floating_point() else y
+        twin = type(op)(model, loss_fn, (x64, y64), params=op.param_names, bn_mode=op.bn_mode, path="graph",
+                        cache_bytes=0, check_finite=False, distributed=False, reduction=op.loss.reduction)
+        state, _ = twin._build_state("graph", x64, y64, measure=False)
+        return twin._apply_state("graph", state, [[t.double() for t in v]], False, False)[0]
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, copy.Error):
+        return None
+
+
 class _Trial:
     """One auto trial on batch ``i`` of ``op``: the graph's first product and each linearised
     candidate's, timed (seconds of :func:`clock`), and the verdict."""
@@ -321,6 +351,8 @@ class _Trial:
         self.candidates: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.why = ""
+        self.ref: Tensor | None = None  # the float64 product of the first vector (float64_agrees), once asked
+        self.ref_tried = False
 
     def time_graph(self) -> None:
         """The graph's product of the first vector (``g_res``), its time with earlier products (``g_prod``)."""
@@ -391,12 +423,38 @@ class _Trial:
             looks.append(self.chooser.graph_product_seconds[self.i])
         self.g_prod = statistics.median(looks)
 
+    def float64_agrees(self, c: dict[str, Any], name: str, tol: float, timings: dict[str, float]) -> bool:
+        """Whether candidate ``c``'s product is right to float rounding by the float64 product of the same batch
+        and vector (:func:`float64_product`, computed once per trial): no more than
+        :attr:`PathChooser.float64_slack` times further from it than the graph's product, or within ``tol``.
+        Sets ``graph_float64_error`` and ``<name>_float64_error`` in ``timings`` (relative); ``False`` when the
+        dtype is float64 already or the reference cannot be computed."""
+        if self.op.dtype == torch.float64:
+            return False
+        if not self.ref_tried:
+            self.ref, self.ref_tried = float64_product(self.op, self.x, self.y, self.first[0]), True
+        if self.ref is None:
+            return False
+        size = max(float(self.ref.norm()), torch.finfo(torch.float64).tiny)
+        graph = float((self.g_res.double() - self.ref).norm()) / size
+        error = float((c["res"].double() - self.ref).norm()) / size
+        timings.update({"graph_float64_error": graph, f"{name}_float64_error": error})
+        return error <= max(tol, self.chooser.float64_slack * graph)
+
+    @staticmethod
+    def float64_note(name: str, timings: dict[str, float]) -> str:
+        """The float64 check's figures for a warning, if it ran."""
+        if f"{name}_float64_error" not in timings:
+            return ""
+        return (f" and is {timings[f'{name}_float64_error']:.1e} from the product in float64, where the graph's is "
+                f"{timings['graph_float64_error']:.1e}")
+
     def verdict(self) -> tuple[str, bool, dict[str, Any] | None]:
         """``(path, channels_last, candidate or None)``: the cheapest path whose product agrees with the
         graph's; sets the chooser's ``path_timings`` and this trial's ``why``."""
         op, k, kept_graph, g_prod = self.op, self.k, self.kept_graph, self.g_prod
         scale = max(float(self.g_res.norm()), torch.finfo(op.dtype).tiny)
-        tol = max(1e4 * torch.finfo(op.dtype).eps, 1e-10)
+        tol = max(self.chooser.agreement_epsilons * torch.finfo(op.dtype).eps, 1e-10)
         timings = {"graph_build": self.g_build, "graph_product": g_prod, "trace": 0.0, "relative_difference": 0.0}
         best = ("graph", False, g_prod if kept_graph else g_prod + self.g_build / k, None)
         old = op._cache.size(self.i)
@@ -406,10 +464,10 @@ class _Trial:
             timings.update({f"{name}_build": c["build"], f"{name}_product": c["product"]})
             timings["trace"] += c["trace"]
             timings["relative_difference"] = max(timings["relative_difference"], diff)
-            if not diff <= tol:
+            if not diff <= tol and not self.float64_agrees(c, name, tol, timings):
                 warnings.warn(
                     f"{type(op).__name__}: the linearised product ({name}) differs from the graph product by "
-                    f"{diff:.1e} (relative) on the first batch; not using it",
+                    f"{diff:.1e} (relative) on the first batch{self.float64_note(name, timings)}; not using it",
                     RuntimeWarning,
                     stacklevel=5,
                 )

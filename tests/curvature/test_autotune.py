@@ -3,6 +3,8 @@ multiplied (looped or vectorised)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 from hessian_lib.curvature import (
     CurvatureOperator,
     HessianOperator,
+    _base,
     dense_hessian,
     forget_linearizations,
     lanczos,
@@ -45,6 +48,48 @@ def test_auto_runs_a_trial_then_keeps_the_faster_and_remembers(kind, eager_switc
     again = cls(model, LOSS, data)
     assert rel(again.matvec(V), V.double() @ dense) < TOL
     assert again.path_in_use == faster and "chosen earlier" in repr(again)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_products_past_the_float_tolerance_are_judged_by_the_float64_product(kind, eager_switch, monkeypatch):
+    """float32, no tolerance: every linearised product "differs" from the graph's, so the trial computes the
+    batch's product in float64 on a copy of the model, finds both float32 paths within rounding of it and still
+    chooses between them, without a warning."""
+    monkeypatch.setattr(PathChooser, "agreement_epsilons", 0.0)
+    monkeypatch.setattr(PathChooser, "float64_slack", 1e6)  # any candidate near the float64 product is used
+    model = cnn()
+    x, y = make_data("cnn", n=32)
+    data = equal_batches(x, y)
+    cls, ref = KINDS[kind]
+    op = cls(model, LOSS, data)
+    op.expect_products(PathChooser.early_trial_products)
+    v = torch.randn(op.dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert rel(op.matvec(v), ref(model, LOSS, data) @ v.double()) < TOL
+    t = op.path_timings
+    assert 0 < t["relative_difference"] < 1e-4
+    assert t["graph_float64_error"] < 1e-5 and t["linearize_float64_error"] < 1e-5  # the float64 product is right
+    assert op._chooser.decided and "auto:" in repr(op)
+
+
+def test_a_linearised_product_off_the_float64_product_is_refused(eager_switch, monkeypatch):
+    """A linearised product 1% off is far further from the float64 product than the graph's: the trial warns,
+    with both distances, and stays on the graph."""
+    monkeypatch.setattr(PathChooser, "agreement_epsilons", 0.0)
+    apply = _base.apply_linearized
+    monkeypatch.setattr(_base, "apply_linearized", lambda *a: [r * 1.01 for r in apply(*a)])
+    model = cnn()
+    x, y = make_data("cnn", n=32)
+    data = equal_batches(x, y)
+    op = HessianOperator(model, LOSS, data)
+    op.expect_products(PathChooser.early_trial_products)
+    v = torch.randn(op.dim)
+    with pytest.warns(RuntimeWarning, match=r"differs from the graph product by 1\.0e-02 .* from the product in "
+                      r"float64, where the graph's is"):
+        out = op.matvec(v)
+    assert op.path_in_use == "graph" and rel(out, dense_hessian(model, LOSS, data) @ v.double()) < TOL
+    assert op.path_timings["linearize_float64_error"] > 100 * op.path_timings["graph_float64_error"]
 
 
 def test_auto_starts_on_the_graph_and_small_problems_stay_there():
