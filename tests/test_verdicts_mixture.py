@@ -114,6 +114,19 @@ def test_counts_agree_up_to_the_tolerance():
     assert V.claim8_count_agreement([9, 9, 9], [None, None, 8], classes=10) == INCONCLUSIVE
 
 
+def test_a_side_whose_networks_disagree_on_the_count_has_none():
+    """A side's networks must agree with one another within the tolerance (2 for C = 10): counts spanning 2 still
+    give a side count, spanning 3 do not, and the measure is then inconclusive whatever the medians say."""
+    assert V.side_spread([11, 10, None]) == 1.0 and math.isnan(V.side_spread([None, float("nan")]))
+    assert V.claim8_count_agreement([9, 9, 9], [8, 10, 9], classes=10) == AGREE  # span 2
+    assert V.claim8_count_agreement([9, 9, 9], [8, 11, 9], classes=10) == INCONCLUSIVE  # span 3, median 9
+    assert V.claim8_count_agreement([9, 9, 9], [11, 10, 0], classes=10) == INCONCLUSIVE  # median 10 would agree
+    assert V.claim8_count_agreement([9, 9, 9], [0, 0, 10], classes=10) == INCONCLUSIVE  # median 0 would differ
+    assert V.claim8_count_agreement([9, 12, 9], [9, 9, 9], classes=10) == INCONCLUSIVE  # either side
+    assert V.claim8_count_agreement([9, 12, None], [9, 9, 9], classes=10) == INCONCLUSIVE  # resolved ones only
+    assert V.claim8_count_agreement([9, 9, None], [0, 0, 1], classes=10) == DIFFER
+
+
 @pytest.mark.parametrize("interval, word", [
     ((-0.2, 0.2), AGREE),              # the band's ends are inside
     ((-0.2, 0.2000001), INCONCLUSIVE),  # crossing the edge

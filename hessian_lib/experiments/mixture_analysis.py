@@ -211,8 +211,10 @@ class MixtureStudy:
     def summary(self) -> str:
         """One sentence per measure, with the numbers: the scoreboard's summary of claim 8."""
         c, words = self.classes, self.measure_words()
-        parts = [f"outliers {V.side_count(self.counts('mixture')):g} (mixture) and "
-                 f"{V.side_count(self.counts('network')):g} (network) for C = {c}: {self.count_word()}"]
+        each = {s: ", ".join("-" if n is None else str(n) for n in self.counts(s)) for s in SIDES}
+        parts = [f"outliers {V.side_count(self.counts('mixture')):g} (mixture: {each['mixture']}) and "
+                 f"{V.side_count(self.counts('network')):g} (network: {each['network']}) for C = {c}: "
+                 f"{self.count_word()}"]
         for key, (label, tol, measure) in MEASURE_KEYS.items():
             d, lo, hi = self.interval(key)
             parts.append(f"{label} {np.nanmean(self.values('mixture', key)):.2f} against "

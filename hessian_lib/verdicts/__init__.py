@@ -63,6 +63,7 @@ from hessian_lib.verdicts.mixture import (
     count_tolerance,
     outlier_count,
     side_count,
+    side_spread,
 )
 from hessian_lib.verdicts.scaling import (
     CLAIM4_ALTERNATIVE,
@@ -190,6 +191,7 @@ __all__ = [
     "shift_claim_verdict",
     "shift_end_verdict",
     "side_count",
+    "side_spread",
     "stable_lr_range",
     "t_quantile",
     "verdict_config",

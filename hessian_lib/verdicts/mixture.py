@@ -29,7 +29,9 @@ CLAIM8_GAP_RATIO = 1.5
 #: this fraction of their magnitude (of the window's edge, for a value inside the window).
 CLAIM8_RESIDUAL = 0.01
 #: The two spectra agree on the count when the sides' counts (medians over their networks) differ by at most this
-#: fraction of C, rounded down, and at least one outlier (:func:`count_tolerance`).
+#: fraction of C, rounded down, and at least one outlier (:func:`count_tolerance`). A side has a count only when its
+#: networks agree on it by the same measure: their resolved counts span at most that many outliers
+#: (:func:`side_spread`); otherwise the count depends on which networks were drawn, and the measure is inconclusive.
 CLAIM8_COUNT_TOLERANCE = 0.2
 #: The two sides agree on a subspace overlap (a share in [0, 1]) when the interval of the difference of their means
 #: lies inside [-CLAIM8_OVERLAP_TOLERANCE, CLAIM8_OVERLAP_TOLERANCE] ...
@@ -123,11 +125,21 @@ def side_count(counts: Any) -> float:
     return _median(resolved)
 
 
+def side_spread(counts: Any) -> float:
+    """The largest minus the smallest of a side's resolved counts (``None`` or NaN: not resolved); NaN for none."""
+    resolved = [float(c) for c in counts if c is not None and math.isfinite(float(c))]
+    return max(resolved) - min(resolved) if resolved else math.nan
+
+
 def claim8_count_agreement(mixture_counts: Any, network_counts: Any, classes: int) -> str:
     """The count measure: :data:`AGREE` when the two sides' counts (:func:`side_count`) differ by at most
-    :func:`count_tolerance`, :data:`DIFFER` when they differ by more, :data:`INCONCLUSIVE` when a side has none."""
+    :func:`count_tolerance`, :data:`DIFFER` when they differ by more; :data:`INCONCLUSIVE` when a side has none,
+    or when its networks' resolved counts span more than :func:`count_tolerance` (:func:`side_spread`: they do not
+    agree with one another, so the side's count would move with the networks drawn)."""
     a, b = side_count(mixture_counts), side_count(network_counts)
     if not (math.isfinite(a) and math.isfinite(b)):
+        return INCONCLUSIVE
+    if max(side_spread(mixture_counts), side_spread(network_counts)) > count_tolerance(classes):
         return INCONCLUSIVE
     return AGREE if abs(a - b) <= count_tolerance(classes) else DIFFER
 
@@ -177,10 +189,10 @@ def claim8_verdict(count: str, measures: Mapping[str, str]) -> str:
     """Claim 8 from the count measure (:func:`claim8_count_agreement`) and the other three (:data:`CLAIM8_MEASURES`).
 
     Every argument is :data:`AGREE`, :data:`DIFFER` or :data:`INCONCLUSIVE`. :data:`INCONCLUSIVE` when
-    the count is; :data:`DOES_NOT_HOLD` when the counts differ; otherwise (the counts agree)
-    :data:`HOLDS` when at least two of the other three measures agree, :data:`PARTLY` when even the
-    inconclusive ones could not make two, and :data:`INCONCLUSIVE` when they could (the word depends
-    on measures the data cannot decide).
+    the count is (a side's count not resolved, or not agreed by its networks); :data:`DOES_NOT_HOLD` when
+    the counts differ; otherwise (the counts agree) :data:`HOLDS` when at least two of the other three
+    measures agree, :data:`PARTLY` when even the inconclusive ones could not make two, and
+    :data:`INCONCLUSIVE` when they could (the word depends on measures the data cannot decide).
     """
     allowed = {AGREE, DIFFER, INCONCLUSIVE}
     if set(measures) != set(CLAIM8_MEASURES):
