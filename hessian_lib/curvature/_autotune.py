@@ -321,12 +321,12 @@ def float64_product(op: Any, x: Any, y: Tensor, v: list[Tensor]) -> Tensor | Non
     """The batch product ``A_b v`` ``[P]`` (float64) of ``op``'s matrix on ``(x, y)``, by the graph path on a
     float64 copy of the model and loss; ``v`` per parameter. ``None`` when the model, loss or inputs cannot be
     copied and cast so, or the copy does not fit in memory."""
+    if not isinstance(x, Tensor):
+        return None
     try:
         model, loss_fn = copy.deepcopy(op.model).double(), copy.deepcopy(op.loss_fn)
         if isinstance(loss_fn, torch.nn.Module):
             loss_fn = loss_fn.double()
-        if not isinstance(x, Tensor):
-            return None
         x64 = x.double() if x.is_floating_point() else x
         y64 = y.double() if y.is_floating_point() else y
         twin = type(op)(model, loss_fn, (x64, y64), params=op.param_names, bn_mode=op.bn_mode, path="graph",
