@@ -164,9 +164,12 @@ class MixtureStudy:
         """One row per measure: each side's value (median count, mean of the rest), the interval, the band, the word."""
         c = self.classes
         words = self.measure_words()
-        rows = [{"measure": "outlier count", "mixture": V.side_count(self.counts("mixture")),
-                 "network": V.side_count(self.counts("network")), "difference [interval]": "",
-                 "agrees within": f"{V.count_tolerance(c)} of C = {c}", "word": self.count_word()}]
+        med = {s: V.side_count(self.counts(s)) for s in SIDES}
+        spans = " / ".join(f"{V.side_spread(self.counts(s)):g}" for s in SIDES)
+        rows = [{"measure": "outlier count", "mixture": med["mixture"], "network": med["network"],
+                 "difference [interval]": f"{med['mixture'] - med['network']:+g} (networks span {spans})",
+                 "agrees within": f"{V.count_tolerance(c)} of C = {c}; each side's networks span at most that",
+                 "word": self.count_word()}]
         for key, (label, tol, measure) in MEASURE_KEYS.items():
             d, lo, hi = self.interval(key)
             rows.append({"measure": label, "mixture": float(np.nanmean(self.values("mixture", key))),
