@@ -115,11 +115,16 @@ def _median(values: list[float]) -> float:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
+def _resolved(counts: Any) -> list[float]:
+    """The resolved counts of a side's networks (``None`` or NaN: not resolved)."""
+    return [float(c) for c in counts if c is not None and math.isfinite(float(c))]
+
+
 def side_count(counts: Any) -> float:
     """One side's outlier count: the median of its networks' resolved counts (``None`` or NaN: not resolved);
     NaN when fewer than half of its networks have a resolved count."""
     counts = list(counts)
-    resolved = [float(c) for c in counts if c is not None and math.isfinite(float(c))]
+    resolved = _resolved(counts)
     if not counts or 2 * len(resolved) < len(counts):
         return math.nan
     return _median(resolved)
@@ -127,7 +132,7 @@ def side_count(counts: Any) -> float:
 
 def side_spread(counts: Any) -> float:
     """The largest minus the smallest of a side's resolved counts (``None`` or NaN: not resolved); NaN for none."""
-    resolved = [float(c) for c in counts if c is not None and math.isfinite(float(c))]
+    resolved = _resolved(counts)
     return max(resolved) - min(resolved) if resolved else math.nan
 
 
